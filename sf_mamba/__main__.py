@@ -1,0 +1,5 @@
+import sys
+
+from sf_mamba.cli import main
+
+sys.exit(main())

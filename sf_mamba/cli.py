@@ -1,0 +1,71 @@
+"""``sf_mamba`` command line: one entry point, subcommands implemented in their own modules.
+
+Each subcommand module defines ``add_arguments(parser)`` and ``main(args) -> int``; it is imported
+only when its subcommand runs, so ``sf_mamba --help`` stays fast and optional extras stay optional.
+The workflow talks to the package only through these commands and the files they write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("sf_mamba.models.cli", "list the registered variants with params and MACs"),
+    "smoke": ("sf_mamba.smoke", "build every variant, train a few CPU steps, print a table"),
+    "data": ("sf_mamba.data.cli", "materialise the small real offline datasets (ImageFolder layout)"),
+    "train": ("sf_mamba.train.trainer", "train a classifier (timm components, auto-resume, DDP)"),
+    "eval": ("sf_mamba.train.evaluate", "evaluate a checkpoint: top-1/top-5"),
+    "bench": ("sf_mamba.bench.throughput", "throughput benchmark (img/s), MambaVision protocol done right"),
+    "flops": ("sf_mamba.bench.flops", "MACs (MambaVision's convention) and scan FLOPs, labelled"),
+    "probe": ("sf_mamba.analysis.probe", "information-flow probe: does a token see later tokens?"),
+    "lut": ("sf_mamba.ops.lut_cli", "build or show the per-GPU fold-factor lookup table"),
+    "launch": ("sf_mamba.launch.submit", "run a job through submitit (Slurm, local or debug) and wait"),
+    "gather": ("sf_mamba.report.gather", "collect metrics.json files into one tidy CSV"),
+    "report": ("sf_mamba.report.render", "render paper-style tables, plots and the reproduction check"),
+    "seg-data": ("sf_mamba.seg.data", "materialise the small real offline segmentation set"),
+    "seg-train": ("sf_mamba.seg.train", "train a UperNet segmentor on mmsegmentation"),
+    "seg-test": ("sf_mamba.seg.test", "evaluate a segmentor checkpoint: mIoU/mAcc/aAcc"),
+}
+
+
+def build_parser(available_only: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sf_mamba", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if available_only and importlib.util.find_spec(module) is None:
+            continue
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser(available_only=True)
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        top.error(f"unknown command {name!r}; choose from {', '.join(SUBCOMMANDS)}")
+    module_name, help_text = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            print(f"sf_mamba {name}: not available in this installation ({module_name} missing)",
+                  file=sys.stderr)
+            return 2
+        raise
+    parser = argparse.ArgumentParser(prog=f"sf_mamba {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

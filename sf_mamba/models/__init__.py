@@ -1,0 +1,1 @@
+"""The SF-Mamba model family."""
