@@ -1,0 +1,1 @@
+"""Analyses of trained or random models (``sf_mamba probe``: information-flow probe)."""
