@@ -1,0 +1,1 @@
+"""Run ``sf_mamba`` subcommands as submitit jobs (Slurm, local subprocess or in-process debug)."""
