@@ -108,6 +108,10 @@ def validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, reset_every, fold)
                                  f"{group * length} ({group} row(s) of length {length} folded)")
 
 
+def _unit_stride_last(x: torch.Tensor | None) -> torch.Tensor | None:
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
 def _fold_rows(x: torch.Tensor, k: int) -> torch.Tensor:
     """(Bt, ..., L) -> (Bt/k, ..., k*L): k consecutive batch rows become one sequence."""
     batch = x.shape[0]
@@ -145,6 +149,8 @@ def selective_scan(
     backend = resolve_backend(backend, u.device)
     kwargs = dict(D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, reset_every=reset_every)
     if backend == "triton":
+        # like mamba_ssm's selective_scan_fn: the kernel needs unit stride along L
+        u, delta, B, C, z = (_unit_stride_last(x) for x in (u, delta, B, C, z))
         return _triton_impl()(u, delta, A, B, C, z=z, fold=fold, **kwargs)
     impl = selective_scan_reference if backend == "reference" else selective_scan_chunked
     batch = u.shape[0]
