@@ -205,6 +205,17 @@ def test_op_interface_dispatches_to_triton():
     torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
 
 
+def test_op_interface_accepts_channel_last_views():
+    """The model passes delta as a (B, L, D) projection transposed; the op makes L unit-stride."""
+    inputs = make_inputs(2, 3, 4, 5)
+    delta_view = inputs["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    assert delta_view.stride(-1) != 1
+    args = (inputs["u"], delta_view, inputs["A"], inputs["B"], inputs["C"])
+    out = selective_scan(*args, D=inputs["D"], reset_every=5, fold=2, backend="triton")
+    ref = selective_scan(*args, D=inputs["D"], reset_every=5, fold=2, backend="reference")
+    torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
+
+
 def test_auto_backend_picks_triton_for_cuda_and_torch_on_cpu():
     assert resolve_backend("auto", torch.device("cuda", 0)) == "triton"
     assert resolve_backend("auto", torch.device("cpu")) == "torch"

@@ -133,12 +133,13 @@ def lookup_fold(batch, seq_len, channels, dtype, device) -> int:
 
 def scan_inputs(batch, seq_len, channels, dtype, device, n_state=8, seed=0):
     """Random MambaVision-like scan inputs: u, delta, A, B, C, D, delta_bias (mamba_ssm's test law)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)  # drawn on the device: big shapes are many MB
     dtype = getattr(torch, dtype_name(dtype))
 
     def rand(*shape, scale=1.0, normal=True):
-        x = torch.randn(*shape, generator=gen) if normal else torch.rand(*shape, generator=gen)
-        return (x * scale).to(device)
+        draw = torch.randn if normal else torch.rand
+        return draw(*shape, generator=gen, device=device) * scale
 
     u = rand(batch, channels, seq_len).to(dtype)
     delta = rand(batch, channels, seq_len, scale=0.5, normal=False).to(dtype)
@@ -181,8 +182,13 @@ def median_ms(fn, warmup=5, rep=20) -> float:
 
 def measure_entries(seq_lens=DEFAULT_SEQ_LENS, aux_tokens=DEFAULT_AUX_TOKENS, channels=DEFAULT_CHANNELS,
                     batches=DEFAULT_BATCHES, dtypes=DEFAULT_DTYPES, folds=DEFAULT_FOLDS, n_state=8,
-                    mode="fwd", device="cuda", log=None, warmup=5, rep=20) -> list[dict]:
-    """Time every candidate fold per shape on ``device``; one entry per shape with the fastest k."""
+                    mode="fwd", device="cuda", log=None, warmup=5, rep=20, deadline=None) -> list[dict]:
+    """Time every candidate fold per shape on ``device``; one entry per shape with the fastest k.
+
+    ``deadline`` (a ``time.monotonic()`` value) stops the sweep early with the entries so far.
+    """
+    import time
+
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("measuring the fold LUT needs a CUDA GPU (none is available here)")
@@ -191,6 +197,10 @@ def measure_entries(seq_lens=DEFAULT_SEQ_LENS, aux_tokens=DEFAULT_AUX_TOKENS, ch
         for seq_len in sorted({L + aux_tokens for L in seq_lens}):
             for ch in channels:
                 for batch in batches:
+                    if deadline is not None and time.monotonic() > deadline:
+                        if log:
+                            log("fold LUT sweep stopped at the deadline")
+                        return entries
                     inputs = scan_inputs(batch, seq_len, ch, dtype, device, n_state=n_state)
                     times = {}
                     for k in folds:

@@ -36,9 +36,40 @@ def _sliced_generic_scan(self, input):
     return [self.to_tensor(np.moveaxis(out, 0, axis), arg.dtype) for out, arg in zip(outputs, input)]
 
 
+def make_stdlib_interpretable() -> int:
+    """Re-wrap triton.language's own ``@jit`` helpers (cdiv, sigmoid, sum, flip, ...) for the interpreter.
+
+    ``@triton.jit`` picks compiled vs interpreted when a function is *decorated*, so if anything
+    imported triton before ``TRITON_INTERPRET=1`` was set (another test module, torch's inductor),
+    the standard library stays compiled-only and a kernel calling ``tl.cdiv`` fails with "Cannot
+    call @triton.jit'd outside of the scope of a kernel". Returns how many were re-wrapped.
+    """
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    count = 0
+    for module in (tl.standard, tl.math, tl.core):
+        for name, obj in list(vars(module).items()):
+            if isinstance(obj, JITFunction):
+                wrapped = InterpretedFunction(obj.fn)
+                setattr(module, name, wrapped)
+                if getattr(tl, name, None) is obj:
+                    setattr(tl, name, wrapped)
+                count += 1
+    return count
+
+
 def install() -> bool:
-    """Patch the interpreter's generic scan; True if installed (idempotent)."""
+    """Patch the interpreter's generic scan; True if installed (idempotent).
+
+    Also makes triton's standard library interpretable (:func:`make_stdlib_interpretable`).
+    """
     global _ORIGINAL
+    try:
+        make_stdlib_interpretable()
+    except ImportError:
+        pass
     try:
         from triton.runtime.interpreter import ScanOps
     except ImportError:

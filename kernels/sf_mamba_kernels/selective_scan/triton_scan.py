@@ -56,7 +56,16 @@ def _softplus(x):
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
 
 
-@triton.jit
+# Shape-dependent ints are not specialised: one compiled kernel per dtype/flags/tile instead of one
+# per batch size and stride pattern (the benchmark and LUT sweeps would otherwise recompile a lot).
+_SHAPE_INTS = ["batch", "length", "n_channels", "channels_per_group", "fold", "reset_every", "n_tiles_max"]
+_FWD_STRIDES = ["su_b", "su_d", "sdl_b", "sdl_d", "sz_b", "sz_d", "so_b", "so_d",
+                "sB_b", "sB_g", "sB_n", "sC_b", "sC_g", "sC_n"]
+_BWD_STRIDES = ["su_b", "su_d", "sdl_b", "sdl_d", "sz_b", "sz_d", "sdo_b", "sdo_d",
+                "sB_b", "sB_g", "sB_n", "sC_b", "sC_g", "sC_n", "sdB_b", "sdB_g", "sdB_n"]
+
+
+@triton.jit(do_not_specialize=_SHAPE_INTS + _FWD_STRIDES)
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, out_ptr, hs_ptr,
     batch, length, n_state, n_channels, channels_per_group, fold, reset_every, n_tiles_max,
@@ -119,7 +128,7 @@ def _scan_fwd_kernel(
         tl.store(out_ptr + row * so_b + ch * so_d + pos, y.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_INTS + _BWD_STRIDES)
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, hs_ptr, dout_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_part_ptr, dD_part_ptr, ddbias_part_ptr,
