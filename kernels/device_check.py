@@ -151,7 +151,8 @@ def check_reverse_probe(device, tiles):
         a = torch.rand(block_n, block_t, generator=gen).to(device)
         b = torch.randn(block_n, block_t, generator=gen).to(device)
         out = torch.empty_like(b)
-        triton_scan._reverse_probe_kernel[(1,)](a, b, out, BLOCK_N=block_n, BLOCK_T=block_t)
+        triton_scan._reverse_probe_kernel[(1,)](a, b, out, BLOCK_N=block_n, BLOCK_T=block_t,
+                                                num_warps=triton_scan.num_warps_for(block_n, block_t))
         expected = triton_scan.suffix_recurrence(a.double(), b.double()).float()
         err = float((out - expected).abs().max())
         rows.append({"check": f"reverse=True suffix recurrence [{block_n}x{block_t}]", "ok": err < 1e-4,

@@ -6,6 +6,7 @@ Shapes are tiny: the interpreter runs every program serially in Python.
 
 import os
 
+_INTERPRET_BEFORE = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 
 import importlib  # noqa: E402
@@ -38,9 +39,15 @@ GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_interpreter_scan():
+    os.environ["TRITON_INTERPRET"] = "1"
     installed = interpreter_patch.install()
     yield installed
     interpreter_patch.uninstall()
+    # leave the environment as found for the test modules that run after this one
+    if _INTERPRET_BEFORE is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
 
 
 def make_inputs(batch, channels, n_state, length, *, dtype=torch.float32, groups=None, fixed_bc=False,

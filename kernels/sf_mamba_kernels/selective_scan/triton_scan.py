@@ -35,6 +35,7 @@ interpreter is decided by triton when this module is imported (``TRITON_INTERPRE
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
@@ -280,6 +281,10 @@ def suffix_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _REVERSE_OK: dict = {}
 
 
+def num_warps_for(block_n: int, block_t: int) -> int:
+    return 4 if block_n * block_t <= 2048 else 8
+
+
 def reverse_scan_is_native(device: torch.device, block_n: int, block_t: int) -> bool:
     """True if ``associative_scan(reverse=True)`` computes the suffix recurrence on this device.
 
@@ -293,15 +298,20 @@ def reverse_scan_is_native(device: torch.device, block_n: int, block_t: int) -> 
         return mode == "native"
     if device.type != "cuda" or interpreting():
         return True
-    key = (str(device), block_n, block_t)
+    num_warps = num_warps_for(block_n, block_t)  # the scan's lowering depends on the warp layout
+    key = (str(device), block_n, block_t, num_warps)
     if key not in _REVERSE_OK:
         gen = torch.Generator(device="cpu").manual_seed(0)
         a = torch.rand(block_n, block_t, generator=gen).to(device)
         b = torch.randn(block_n, block_t, generator=gen).to(device)
         out = torch.empty_like(b)
-        _reverse_probe_kernel[(1,)](a, b, out, BLOCK_N=block_n, BLOCK_T=block_t)
+        _reverse_probe_kernel[(1,)](a, b, out, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps)
         expected = suffix_recurrence(a.double(), b.double()).float()
         _REVERSE_OK[key] = bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5))
+        if not _REVERSE_OK[key]:
+            warnings.warn(f"tl.associative_scan(reverse=True) is wrong on {torch.cuda.get_device_name(device)} "
+                          f"for a [{block_n}x{block_t}] tile (triton issue #4362); the selective-scan backward "
+                          "uses the tl.flip formulation instead", RuntimeWarning, stacklevel=2)
     return _REVERSE_OK[key]
 
 
@@ -422,7 +432,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1), Cg.stride(2),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_RESET=reset_every is not None, SAVE_HS=save,
-                BLOCK_N=block_n, BLOCK_T=block_t, num_warps=4 if block_n * block_t <= 2048 else 8,
+                BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps_for(block_n, block_t),
             )
         if save:
             ctx.save_for_backward(u, delta, A_c, B, C, D, z, delta_bias, hs)
@@ -462,7 +472,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
                 SOFTPLUS=softplus, HAS_RESET=reset_every is not None,
                 REVERSE_BY_FLIP=not reverse_scan_is_native(u.device, block_n, block_t),
-                BLOCK_N=block_n, BLOCK_T=block_t, num_warps=4 if block_n * block_t <= 2048 else 8,
+                BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps_for(block_n, block_t),
             )
         else:
             dA_part.zero_(), dD_part.zero_(), ddbias_part.zero_()
