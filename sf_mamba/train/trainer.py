@@ -50,6 +50,7 @@ log = logging.getLogger("sf_mamba.train")
 CKPT_VERSION = 1
 CKPT_NAME = "last.pth"
 FAULT_ENV = "SF_MAMBA_FAULT_KILL_AFTER_STEP"   # test hook: SIGKILL self after this global step
+NAN_FAULT_ENV = "SF_MAMBA_FAULT_NAN_AT_STEP"    # test hook: make the loss of this global step NaN
 
 
 class RunDirError(RuntimeError):
@@ -216,8 +217,34 @@ def pick_device(cfg: dict, dist_info) -> torch.device:
     return torch.device("cpu")
 
 
+def _posterize_compat(img, bits_to_keep, **_):
+    """Posterize as Pillow <= 11 did it: ``bits_to_keep <= 0`` gives a black image.
+
+    timm's 'PosterizeIncreasing' maps RandAugment magnitude 10 (reached by m9 + mstd0.5 noise) to
+    0 bits; Pillow >= 12 rejects that with ValueError and crashes the loader mid-epoch. MambaVision
+    trained with Pillow 11.1, where 0 bits masked every pixel to 0; keep that behaviour.
+    """
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def install_randaugment_compat() -> None:
+    from timm.data import auto_augment
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if name in auto_augment.NAME_TO_OP:
+            auto_augment.NAME_TO_OP[name] = _posterize_compat
+
+
 def build_train_loader(cfg: dict, data_cfg: dict, root: str, dist_info, seed: int):
     from timm.data import create_dataset, create_transform
+
+    install_randaugment_compat()
 
     a, d = cfg["aug"], cfg["data"]
     ds = create_dataset("", root=root, split="train", is_training=True)
@@ -232,7 +259,9 @@ def build_train_loader(cfg: dict, data_cfg: dict, root: str, dist_info, seed: in
     sampler = ResumableSampler(len(ds), seed, dist_info.rank, dist_info.world_size, bs)
     loader = torch.utils.data.DataLoader(
         wrapped, batch_size=bs, sampler=sampler, num_workers=d["num_workers"], drop_last=True,
-        pin_memory=bool(d["pin_memory"]) and torch.cuda.is_available(), persistent_workers=False)
+        pin_memory=bool(d["pin_memory"]) and torch.cuda.is_available(), persistent_workers=False,
+        # own generator: creating an iterator must not draw from the global RNG (resume equality)
+        generator=torch.Generator().manual_seed(seed))
     return ds, wrapped, sampler, loader
 
 
@@ -383,6 +412,7 @@ def run_training(config: dict, run_dir: str | os.PathLike) -> dict:
     state = check_run_dir(cfg, run_dir)
     if state == "complete":
         metrics = json.loads(p["metrics"].read_text())
+        _setup_logging(None, int(os.environ.get("RANK", "0")) == 0)
         log.info("run %s is complete (metrics.json exists); nothing to do", run_dir)
         return metrics
     if not cfg["data"]["dir"]:
@@ -500,6 +530,8 @@ def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, dev
     history: list[dict] = []
     best = {"top1": -1.0, "epoch": -1}
     resumed_from = None
+    resume_loss = (0.0, 0)
+    loss_sum, loss_n = 0.0, 0
     if state == "resume":
         ck = torch.load(p["last"], map_location="cpu", weights_only=True)
         if ck.get("config_sha256") != config_hash(cfg):
@@ -512,6 +544,7 @@ def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, dev
             ema.load_state_dict(ck["ema"])
         start_epoch, start_step, global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         history, best = list(ck["history"]), dict(ck["best"])
+        resume_loss = (float(ck.get("epoch_loss_sum", 0.0)), int(ck.get("epoch_loss_n", 0)))
         rng = ck["rng"][dist_info.rank] if dist_info.rank < len(ck["rng"]) else ck["rng"][0]
         set_rng_state(rng)
         resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
@@ -560,10 +593,12 @@ def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, dev
             "ema": ema.state_dict() if ema is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "rng": rngs, "history": history, "best": best, "saved_utc": utc_now(),
+            "epoch_loss_sum": loss_sum if step_in_epoch else 0.0, "epoch_loss_n": loss_n if step_in_epoch else 0,
         }
         atomic_torch_save(ck, p["last"])
 
     fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
+    nan_step = int(os.environ.get(NAN_FAULT_ENV, "0") or 0)
     progress = tc["progress"]
     show_bar = is_main and (sys.stderr.isatty() if progress == "auto" else bool(progress))
 
@@ -576,7 +611,11 @@ def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, dev
         train_wrapped.set_epoch(epoch)
         train_model.train()
         mesa_on = bool(mc["weight"]) and (epoch / num_epochs) > mc["start_ratio"]
-        t_epoch, loss_sum, loss_n = time.time(), 0.0, 0
+        t_epoch = time.time()
+        if epoch == start_epoch and skip:  # running mean of the epoch's loss survives a restart
+            loss_sum, loss_n = resume_loss
+        else:
+            loss_sum, loss_n = 0.0, 0
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{num_epochs}",
                    disable=not show_bar, dynamic_ncols=True, leave=False)
         step = skip
@@ -598,6 +637,8 @@ def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, dev
                     kl = F.kl_div(F.log_softmax(out.float() / t, dim=1), F.softmax(teacher.float() / t, dim=1),
                                   reduction="batchmean")
                     loss = loss + mc["weight"] * mc["kl_scale"] * kl
+            if nan_step and global_step + 1 == nan_step:
+                loss = loss * float("nan")
             finite = torch.isfinite(loss.detach()).float()
             if dist_info.distributed:
                 finite = all_reduce_sum(finite.clone()) / dist_info.world_size
