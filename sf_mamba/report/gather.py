@@ -32,9 +32,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "throughput": ("throughput", "img_per_s", "images_per_s", "imgs_per_sec", "samples_per_sec",
                    "throughput_img_s", "throughput.median", "throughput.img_per_s"),
     "miou": ("miou", "mIoU", "metrics.mIoU", "metrics.miou"),
-    "device": ("device", "device_name", "gpu", "gpu_name", "protocol.device_name",
-               "protocol.device", "throughput_protocol.device_name", "meta.device.name"),
+    "device": ("device_name", "gpu_name", "throughput_protocol.device_name", "protocol.device_name",
+               "meta.device.device_name", "device", "protocol.device"),
 }
+# canonical columns recomputed from the sources even if a same-named raw value exists
+OVERWRITE = {"device"}
 META_KEEP = ("git", "config_sha256", "seed", "slurm", "device", "versions", "hostname", "start_utc",
              "end_utc", "wall_time_s")
 
@@ -67,7 +69,7 @@ def _first(row: dict, names: Iterable[str]):
 def normalise(row: dict) -> dict:
     """Add the canonical metric columns every renderer relies on."""
     for canon, names in ALIASES.items():
-        if row.get(canon) in (None, "") or isinstance(row.get(canon), dict):
+        if canon in OVERWRITE or row.get(canon) in (None, "") or isinstance(row.get(canon), dict):
             value = _first(row, names)
             if value is not None:
                 row[canon] = value
@@ -116,10 +118,23 @@ def gather_entry(entry: dict) -> list[dict]:
         for point in data.get("rows", []):
             rows.append(normalise({**base, "status": "ok", **protocol, **flatten(point), **meta}))
         return rows or [{**base, "status": "empty"}]
-    metrics = flatten(data) if isinstance(data, dict) else {"value": data}
-    # the manifest describes the experiment; a metric of the same name must not overwrite it
-    metrics = {k: v for k, v in metrics.items() if k not in base}
-    return [normalise({**base, "status": "ok", **metrics, **meta})]
+    # `sf_mamba bench/flops` write {"meta": ..., "results": [...]}, `probe` {"summary": [...], ...},
+    # the trainers a flat mapping with meta.json beside it
+    records = [data]
+    if isinstance(data, dict):
+        if isinstance(data.get("meta"), dict):
+            meta = {**flatten({k: data["meta"][k] for k in META_KEEP if k in data["meta"]}, "meta."), **meta}
+        for key in ("results", "summary"):
+            if isinstance(data.get(key), list) and data[key]:
+                records = data[key]
+                break
+    rows = []
+    for record in records:
+        metrics = flatten(record) if isinstance(record, dict) else {"value": record}
+        # the manifest describes the experiment; a metric of the same name must not overwrite it
+        metrics = {k: v for k, v in metrics.items() if k not in base}
+        rows.append(normalise({**base, "status": "ok", **metrics, **meta}))
+    return rows
 
 
 def gather(manifest: list[dict]):

@@ -319,7 +319,8 @@ def render_rq2(runs: pd.DataFrame, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- RQ3
-PROBE_PREFERRED = ("future_influence", "backward_flow", "future_to_past", "score", "ratio")
+PROBE_PREFERRED = ("future_mass_ratio_mean", "far_future_mass_ratio_mean", "past_mass_ratio",
+                   "self_mass_ratio", "future_influence")
 
 
 def probe_columns(frame: pd.DataFrame) -> list[str]:
@@ -330,7 +331,8 @@ def probe_columns(frame: pd.DataFrame) -> list[str]:
             continue
         if pd.to_numeric(frame[c], errors="coerce").notna().any() and frame[c].map(lambda v: not isinstance(v, bool)).all():
             cols.append(c)
-    cols.sort(key=lambda c: (not any(p in c for p in PROBE_PREFERRED), c))
+    rank = {p: i for i, p in enumerate(PROBE_PREFERRED)}
+    cols.sort(key=lambda c: (rank.get(c, len(rank)), c))
     return cols
 
 
