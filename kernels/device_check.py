@@ -176,6 +176,9 @@ def scan_cases(cpu):
             (f"{tag} L=8 k=4 reset at tile start", 8, 4, 8, 8, 4, 8, 16, dtype, {}),
             (f"{tag} L=5 k=4 reset at tile end", 8, 4, 8, 5, 4, 5, 16, dtype, {}),
         ]
+    for block_d in (1, 2, 8):
+        cases.append((f"fp32 L=49 k=3 block_d={block_d}", 7, 16, 4, 49, 3, 49, None, torch.float32,
+                      dict(block_d=block_d)))
     cases += [
         ("fp32 bare (no z/D/bias)", 6, 8, 8, 49, 2, 49, None, torch.float32,
          dict(has_z=False, has_d=False, has_bias=False)),
@@ -189,6 +192,8 @@ def scan_cases(cpu):
 def check_scan_cases(device, cpu):
     rows = []
     for name, batch, channels, n_state, length, fold, reset_every, block_t, dtype, opts in scan_cases(cpu):
+        opts = dict(opts)
+        block_d = opts.pop("block_d", None)
         inputs = make_inputs(batch, channels, n_state, length, dtype, device, **opts)
 
         def ref_fn(**kw):
@@ -196,7 +201,7 @@ def check_scan_cases(device, cpu):
 
         def tri_fn(u, delta, A, B, C, D, z, delta_bias):
             return triton_scan.selective_scan_triton(u, delta, A, B, C, z=z, fold=fold, D=D, delta_bias=delta_bias,
-                                                     reset_every=reset_every, block_t=block_t)
+                                                     reset_every=reset_every, block_t=block_t, block_d=block_d)
 
         ref = forward_backward(ref_fn, inputs)
         for mode in ("native", "flip"):
@@ -370,6 +375,31 @@ def run_fwdbwd_timings(device, args, deadline):
     return rows
 
 
+def run_block_d_sweep(device, args, deadline, log):
+    """Forward ms per channels-per-program (BLOCK_D) at batch 128 bf16, k=1 and k=LUT: tuning data."""
+    from sf_mamba.ops import lut
+
+    rows = []
+    for length in (49, 196):
+        for channels in (160, 320):
+            if time.monotonic() > deadline:
+                return rows
+            u, delta, A, B, C, D, bias = lut.scan_inputs(128, length, channels, torch.bfloat16, device)
+            k = lut.lookup_fold(128, length, channels, torch.bfloat16, device)
+            for fold in sorted({1, k}):
+                for block_d in (1, 2, 4, 8):
+                    def call():
+                        with torch.no_grad():
+                            triton_scan.selective_scan_triton(u, delta, A, B, C, D=D, delta_bias=bias,
+                                                              reset_every=length, fold=fold, block_d=block_d)
+                    ms = lut.median_ms(call, warmup=3, rep=args.rep_ms)
+                    rows.append({"dtype": "bfloat16", "L": length, "batch": 128, "channels": channels, "fold": fold,
+                                 "block_d": block_d, "ms": round(ms, 5)})
+            log(f"block_d sweep L={length} D={channels}: " + ", ".join(
+                f"k={r['fold']} bd={r['block_d']} {r['ms']:.4f}" for r in rows[-(4 * len({1, k})):]))
+    return rows
+
+
 def run_model(device, deadline, log):
     rows = []
     try:
@@ -452,7 +482,9 @@ def main(argv=None):
                             "capability": list(torch.cuda.get_device_capability(device))}
     log(f"device {gpu}, torch {torch.__version__}, triton {triton.__version__}")
 
-    tiles = [(4, 16)] if args.cpu else [(8, t) for t in (16, 32, 64, 128, 256, 512)] + [(16, 64), (16, 256)]
+    # (BLOCK_D * BLOCK_N rows, BLOCK_T) shapes the kernels can use
+    tiles = [(4, 16)] if args.cpu else [(r, t) for r in (8, 16, 32) for t in (16, 32, 64, 128, 256, 512)
+                                        if r * t <= 4096]
     checks = [("reverse probe", lambda: check_reverse_probe(device, tiles)),
               ("scan vs reference", lambda: check_scan_cases(device, args.cpu)),
               ("fold invariance", lambda: check_fold_invariance(device, args.cpu)),
@@ -490,6 +522,7 @@ def main(argv=None):
         if skipped:
             report["notes"].append(f"{skipped} timing shapes skipped for the time budget")
         report["fwdbwd_timings"] = run_fwdbwd_timings(device, args, timing_deadline + 20)
+        report["block_d_sweep"] = run_block_d_sweep(device, args, timing_deadline + 35, log)
         if not args.skip_model:
             report["model"] = run_model(device, deadline, log)
     report["wall_s"] = round(time.monotonic() - start, 1)

@@ -160,6 +160,28 @@ def test_triton_matches_reference_fp32(case):
     assert_matches_mamba_tolerances(ref, got, torch.float32, inputs["z"] is not None)
 
 
+@pytest.mark.parametrize("block_d", [1, 2, 4])
+def test_channel_blocks_share_bc_tiles(block_d):
+    """BLOCK_D channels per program (one B/C load, dB/dC summed before the atomics), 2 groups of 4."""
+    inputs = make_inputs(3, 8, 4, 7, groups=2, seed=11)
+    ref = run_with_grads(reference_fn(2, 7), inputs)
+
+    def fn(u, delta, A, B, C, D, z, delta_bias):
+        return triton_scan.selective_scan_triton(u, delta, A, B, C, z=z, fold=2, D=D, delta_bias=delta_bias,
+                                                 reset_every=7, block_t=16, block_d=block_d)
+
+    assert_matches_mamba_tolerances(ref, run_with_grads(fn, inputs), torch.float32, has_z=True)
+
+
+def test_default_block_d_divides_the_group():
+    assert triton_scan.pick_block_d(160, 8) == 4
+    assert triton_scan.pick_block_d(6, 8) == 2
+    assert triton_scan.pick_block_d(5, 8) == 1
+    assert triton_scan.pick_block_d(64, 16) == 2
+    with pytest.raises(ValueError, match="block_d must be a power of 2 dividing"):
+        triton_scan.pick_block_d(6, 8, requested=4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_matches_reference_low_precision(dtype):
     inputs = make_inputs(3, 2, 8, 7, dtype=dtype, groups=1)

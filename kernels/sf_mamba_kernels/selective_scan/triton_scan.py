@@ -52,6 +52,11 @@ def _linear_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
 def _softplus(x):
     # threshold 20 like mamba_ssm / torch: softplus(x) == x beyond it
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
@@ -65,6 +70,13 @@ _FWD_STRIDES = ["su_b", "su_d", "sdl_b", "sdl_d", "sz_b", "sz_d", "so_b", "so_d"
 _BWD_STRIDES = ["su_b", "su_d", "sdl_b", "sdl_d", "sz_b", "sz_d", "sdo_b", "sdo_d",
                 "sB_b", "sB_g", "sB_n", "sC_b", "sC_g", "sC_n", "sdB_b", "sdB_g", "sdB_n"]
 
+# Layout: a program owns BLOCK_D channels of one B/C group. Its state block has BLOCK_R = BLOCK_D *
+# BLOCK_N rows, row r <-> (local channel r // BLOCK_N, state r % BLOCK_N), and BLOCK_T time columns.
+# Per-channel values ([BLOCK_D, BLOCK_T]) reach the rows through a broadcast + reshape, B/C tiles
+# ([BLOCK_N, BLOCK_T]) are loaded once per program and shared by its BLOCK_D channels, and sums
+# over states / channels are reshapes to [BLOCK_D, BLOCK_N, BLOCK_T] + tl.sum. The scan itself is
+# always 2-D along the time axis.
+
 
 @triton.jit(do_not_specialize=_SHAPE_INTS + _FWD_STRIDES)
 def _scan_fwd_kernel(
@@ -73,60 +85,72 @@ def _scan_fwd_kernel(
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, so_b, so_d,
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, SAVE_HS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_RESET: tl.constexpr, SAVE_HS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_group = tl.program_id(0)
-    ch = tl.program_id(1).to(tl.int64)
+    d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
     row0 = pid_group * fold
     n_rows = tl.minimum(fold, batch - row0)
     total = n_rows * length  # folded sequence length of this program
-    n_tiles = tl.cdiv(total, BLOCK_T)
-    grp = ch // channels_per_group
+    n_tiles = (total + BLOCK_T - 1) // BLOCK_T
+    grp = d0 // channels_per_group  # BLOCK_D divides channels_per_group: one group per program
 
+    chans = d0 + tl.arange(0, BLOCK_D)  # [BLOCK_D]
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n_state
+    offs_r = tl.arange(0, BLOCK_R)
+    r_chan = d0 + offs_r // BLOCK_N
+    r_state = offs_r % BLOCK_N
+    mask_r = r_state < n_state
     cols = tl.arange(0, BLOCK_T)
-    A2 = tl.load(A_ptr + ch * n_state + offs_n, mask=mask_n, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + r_chan * n_state + r_state, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_D:
-        d_skip = tl.load(D_ptr + ch).to(tl.float32)
+        d_skip = tl.load(D_ptr + chans).to(tl.float32)
     if HAS_DBIAS:
-        bias = tl.load(dbias_ptr + ch).to(tl.float32)
+        bias = tl.load(dbias_ptr + chans).to(tl.float32)
+    hs_base = (pid_group * n_channels + r_chan) * n_tiles_max
 
-    h = tl.zeros([BLOCK_N], dtype=tl.float32)
+    h = tl.zeros([BLOCK_R], dtype=tl.float32)
     for tile in range(n_tiles):
         j = tile * BLOCK_T + cols
         valid = j < total
         row = (row0 + j // length).to(tl.int64)
         pos = j % length
-        u = tl.load(u_ptr + row * su_b + ch * su_d + pos, mask=valid, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row * sdl_b + ch * sdl_d + pos, mask=valid, other=0.0).to(tl.float32)
+        valid2 = valid[None, :] & (chans[:, None] >= 0)  # [BLOCK_D, BLOCK_T]
+        u = tl.load(u_ptr + row[None, :] * su_b + chans[:, None] * su_d + pos[None, :],
+                    mask=valid2, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + row[None, :] * sdl_b + chans[:, None] * sdl_d + pos[None, :],
+                     mask=valid2, other=0.0).to(tl.float32)
         if HAS_DBIAS:
-            dt = dt + bias
+            dt = dt + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(dt)
-        mask2 = mask_n[:, None] & valid[None, :]
+        mask_nt = mask_n[:, None] & valid[None, :]
         Bt = tl.load(B_ptr + row[None, :] * sB_b + grp * sB_g + offs_n[:, None] * sB_n + pos[None, :],
-                     mask=mask2, other=0.0).to(tl.float32)
+                     mask=mask_nt, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + row[None, :] * sC_b + grp * sC_g + offs_n[:, None] * sC_n + pos[None, :],
-                     mask=mask2, other=0.0).to(tl.float32)
-        a = tl.exp2(dt[None, :] * A2[:, None])
+                     mask=mask_nt, other=0.0).to(tl.float32)
+        dt_r = tl.reshape(tl.broadcast_to(dt[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
+        x = tl.reshape((dt * u)[:, None, :] * Bt[None, :, :], (BLOCK_R, BLOCK_T))
+        a = tl.exp2(dt_r * A2[:, None])
         if HAS_RESET:
             a = tl.where((j % reset_every == 0)[None, :], 0.0, a)
         a = tl.where(valid[None, :], a, 1.0)  # identity step on the ragged tail keeps the carry
-        x = (dt * u)[None, :] * Bt
         if SAVE_HS:
-            hs_off = ((pid_group * n_channels + ch) * n_tiles_max + tile) * n_state
-            tl.store(hs_ptr + hs_off + offs_n, h, mask=mask_n)
+            tl.store(hs_ptr + (hs_base + tile) * n_state + r_state, h, mask=mask_r)
         x = tl.where(cols[None, :] == 0, x + a * h[:, None], x)
         _, hh = tl.associative_scan((a, x), 1, _linear_combine)
         h = tl.sum(tl.where(cols[None, :] == BLOCK_T - 1, hh, 0.0), 1)
-        y = tl.sum(hh * Ct, 0)
+        y = tl.sum(tl.reshape(hh, (BLOCK_D, BLOCK_N, BLOCK_T)) * Ct[None, :, :], 1)  # [BLOCK_D, BLOCK_T]
         if HAS_D:
-            y = y + d_skip * u
+            y = y + d_skip[:, None] * u
         if HAS_Z:
-            zt = tl.load(z_ptr + row * sz_b + ch * sz_d + pos, mask=valid, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(out_ptr + row * so_b + ch * so_d + pos, y.to(out_ptr.dtype.element_ty), mask=valid)
+            zt = tl.load(z_ptr + row[None, :] * sz_b + chans[:, None] * sz_d + pos[None, :],
+                         mask=valid2, other=0.0).to(tl.float32)
+            y = y * zt * _sigmoid(zt)
+        tl.store(out_ptr + row[None, :] * so_b + chans[:, None] * so_d + pos[None, :],
+                 y.to(out_ptr.dtype.element_ty), mask=valid2)
 
 
 @triton.jit(do_not_specialize=_SHAPE_INTS + _BWD_STRIDES)
@@ -137,71 +161,85 @@ def _scan_bwd_kernel(
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sdo_b, sdo_d,
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, sdB_b, sdB_g, sdB_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_RESET: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     # du, ddelta, dz are contiguous (batch, D, L); dB/dC are fp32 with the given strides (unit along L).
     pid_group = tl.program_id(0)
-    ch = tl.program_id(1).to(tl.int64)
+    d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
     row0 = pid_group * fold
     n_rows = tl.minimum(fold, batch - row0)
     total = n_rows * length
-    n_tiles = tl.cdiv(total, BLOCK_T)
-    grp = ch // channels_per_group
+    n_tiles = (total + BLOCK_T - 1) // BLOCK_T
+    grp = d0 // channels_per_group
 
+    chans = d0 + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n_state
+    offs_r = tl.arange(0, BLOCK_R)
+    r_chan = d0 + offs_r // BLOCK_N
+    r_state = offs_r % BLOCK_N
+    mask_r = r_state < n_state
     cols = tl.arange(0, BLOCK_T)
-    A_nat = tl.load(A_ptr + ch * n_state + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    A_nat = tl.load(A_ptr + r_chan * n_state + r_state, mask=mask_r, other=0.0).to(tl.float32)
     A2 = A_nat * 1.4426950408889634
-    d_skip = 0.0
+    d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
-        d_skip = tl.load(D_ptr + ch).to(tl.float32)
-    bias = 0.0
+        d_skip = tl.load(D_ptr + chans).to(tl.float32)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_DBIAS:
-        bias = tl.load(dbias_ptr + ch).to(tl.float32)
+        bias = tl.load(dbias_ptr + chans).to(tl.float32)
+    hs_base = (pid_group * n_channels + r_chan) * n_tiles_max
 
-    dh_carry = tl.zeros([BLOCK_N], dtype=tl.float32)  # dh at column 0 of the later tile
-    dA_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_T], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_T], dtype=tl.float32)
+    dh_carry = tl.zeros([BLOCK_R], dtype=tl.float32)  # dh at column 0 of the later tile
+    dA_acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
     for step in range(n_tiles):
         tile = n_tiles - 1 - step
         j = tile * BLOCK_T + cols
         valid = j < total
         row = (row0 + j // length).to(tl.int64)
         pos = j % length
-        mask2 = mask_n[:, None] & valid[None, :]
-        u = tl.load(u_ptr + row * su_b + ch * su_d + pos, mask=valid, other=0.0).to(tl.float32)
-        dt_raw = tl.load(delta_ptr + row * sdl_b + ch * sdl_d + pos, mask=valid, other=0.0).to(tl.float32)
-        dt_raw = dt_raw + bias
+        valid2 = valid[None, :] & (chans[:, None] >= 0)
+        mask_nt = mask_n[:, None] & valid[None, :]
+        u = tl.load(u_ptr + row[None, :] * su_b + chans[:, None] * su_d + pos[None, :],
+                    mask=valid2, other=0.0).to(tl.float32)
+        dt_raw = tl.load(delta_ptr + row[None, :] * sdl_b + chans[:, None] * sdl_d + pos[None, :],
+                         mask=valid2, other=0.0).to(tl.float32) + bias[:, None]
         dt = dt_raw
         if SOFTPLUS:
             dt = _softplus(dt_raw)
         Bt = tl.load(B_ptr + row[None, :] * sB_b + grp * sB_g + offs_n[:, None] * sB_n + pos[None, :],
-                     mask=mask2, other=0.0).to(tl.float32)
+                     mask=mask_nt, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + row[None, :] * sC_b + grp * sC_g + offs_n[:, None] * sC_n + pos[None, :],
-                     mask=mask2, other=0.0).to(tl.float32)
+                     mask=mask_nt, other=0.0).to(tl.float32)
 
         # 1) recompute the forward states of this tile from the saved entering carry
-        a = tl.exp2(dt[None, :] * A2[:, None])
+        dt_r = tl.reshape(tl.broadcast_to(dt[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
+        dtu_r = tl.reshape(tl.broadcast_to((dt * u)[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
+        B_r = tl.reshape(tl.broadcast_to(Bt[None, :, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
+        a = tl.exp2(dt_r * A2[:, None])
         if HAS_RESET:
             a = tl.where((j % reset_every == 0)[None, :], 0.0, a)
         a = tl.where(valid[None, :], a, 1.0)
-        x_raw = (dt * u)[None, :] * Bt
-        h_in = tl.load(hs_ptr + ((pid_group * n_channels + ch) * n_tiles_max + tile) * n_state + offs_n,
-                       mask=mask_n, other=0.0)
+        x_raw = dtu_r * B_r
+        h_in = tl.load(hs_ptr + (hs_base + tile) * n_state + r_state, mask=mask_r, other=0.0)
         x = tl.where(cols[None, :] == 0, x_raw + a * h_in[:, None], x_raw)
         _, hh = tl.associative_scan((a, x), 1, _linear_combine)
 
         # 2) output gate
-        dout = tl.load(dout_ptr + row * sdo_b + ch * sdo_d + pos, mask=valid, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + row[None, :] * sdo_b + chans[:, None] * sdo_d + pos[None, :],
+                       mask=valid2, other=0.0).to(tl.float32)
+        out_off = (row[None, :] * n_channels + chans[:, None]) * length + pos[None, :]
         dy = dout
         if HAS_Z:
-            zt = tl.load(z_ptr + row * sz_b + ch * sz_d + pos, mask=valid, other=0.0).to(tl.float32)
-            y_pre = tl.sum(hh * Ct, 0) + d_skip * u
-            sig = tl.sigmoid(zt)
+            zt = tl.load(z_ptr + row[None, :] * sz_b + chans[:, None] * sz_d + pos[None, :],
+                         mask=valid2, other=0.0).to(tl.float32)
+            y_pre = tl.sum(tl.reshape(hh, (BLOCK_D, BLOCK_N, BLOCK_T)) * Ct[None, :, :], 1) + d_skip[:, None] * u
+            sig = _sigmoid(zt)
             dz = dout * y_pre * sig * (1.0 + zt * (1.0 - sig))
-            tl.store(dz_ptr + (row * n_channels + ch) * length + pos, dz.to(dz_ptr.dtype.element_ty), mask=valid)
+            tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=valid2)
             dy = dout * zt * sig
 
         # 3) adjoint: dh_t = C_t dy_t + a_{t+1} dh_{t+1}, with a_{t+1} = 0 where t+1 restarts or ends
@@ -209,15 +247,16 @@ def _scan_bwd_kernel(
         valid1 = j1 < total
         row1 = (row0 + j1 // length).to(tl.int64)
         pos1 = j1 % length
-        dt1 = tl.load(delta_ptr + row1 * sdl_b + ch * sdl_d + pos1, mask=valid1, other=0.0).to(tl.float32)
-        dt1 = dt1 + bias
+        dt1 = tl.load(delta_ptr + row1[None, :] * sdl_b + chans[:, None] * sdl_d + pos1[None, :],
+                      mask=valid1[None, :] & (chans[:, None] >= 0), other=0.0).to(tl.float32) + bias[:, None]
         if SOFTPLUS:
             dt1 = _softplus(dt1)
-        a_next = tl.exp2(dt1[None, :] * A2[:, None])
+        dt1_r = tl.reshape(tl.broadcast_to(dt1[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
+        a_next = tl.exp2(dt1_r * A2[:, None])
         if HAS_RESET:
             a_next = tl.where((j1 % reset_every == 0)[None, :], 0.0, a_next)
         a_next = tl.where(valid1[None, :], a_next, 0.0)
-        g = Ct * dy[None, :]
+        g = tl.reshape(dy[:, None, :] * Ct[None, :, :], (BLOCK_R, BLOCK_T))
         g = tl.where(cols[None, :] == BLOCK_T - 1, g + a_next * dh_carry[:, None], g)
         if REVERSE_BY_FLIP:
             _, dh_flipped = tl.associative_scan((tl.flip(a_next, 1), tl.flip(g, 1)), 1, _linear_combine)
@@ -228,27 +267,30 @@ def _scan_bwd_kernel(
 
         # 4) local gradients; ah = a_t * h_{t-1} without a division (exactly 0 at resets)
         ah = hh - x_raw
-        du = dy * d_skip + dt * tl.sum(dh * Bt, 0)
-        ddt = tl.sum(dh * (Bt * u[None, :] + A_nat[:, None] * ah), 0)
+        dh3 = tl.reshape(dh, (BLOCK_D, BLOCK_N, BLOCK_T))
+        du = dy * d_skip[:, None] + dt * tl.sum(dh3 * Bt[None, :, :], 1)
+        ddt = u * tl.sum(dh3 * Bt[None, :, :], 1) + tl.sum(tl.reshape(dh * A_nat[:, None] * ah,
+                                                                       (BLOCK_D, BLOCK_N, BLOCK_T)), 1)
         if SOFTPLUS:
-            ddt = ddt * tl.where(dt_raw <= 20.0, tl.sigmoid(dt_raw), 1.0)
-        ddt = tl.where(valid, ddt, 0.0)
-        out_off = (row * n_channels + ch) * length + pos
-        tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=valid)
-        tl.store(ddelta_ptr + out_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
-        dA_acc += tl.sum(dh * dt[None, :] * ah, 1)
-        dB = dh * (dt * u)[None, :]
-        dC = hh * dy[None, :]
+            ddt = ddt * tl.where(dt_raw <= 20.0, _sigmoid(dt_raw), 1.0)
+        ddt = tl.where(valid2, ddt, 0.0)
+        tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=valid2)
+        tl.store(ddelta_ptr + out_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid2)
+        dA_acc += tl.sum(dh * dt_r * ah, 1)
+        # dB/dC: summed over this program's channels first, then one atomic per (state, token)
+        dB = tl.sum(tl.reshape(dh * dtu_r, (BLOCK_D, BLOCK_N, BLOCK_T)), 0)
+        dy_r = tl.reshape(tl.broadcast_to(dy[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
+        dC = tl.sum(tl.reshape(hh * dy_r, (BLOCK_D, BLOCK_N, BLOCK_T)), 0)
         dbc_off = row[None, :] * sdB_b + grp * sdB_g + offs_n[:, None] * sdB_n + pos[None, :]
-        tl.atomic_add(dB_ptr + dbc_off, dB, mask=mask2)
-        tl.atomic_add(dC_ptr + dbc_off, dC, mask=mask2)
+        tl.atomic_add(dB_ptr + dbc_off, dB, mask=mask_nt)
+        tl.atomic_add(dC_ptr + dbc_off, dC, mask=mask_nt)
         dD_acc += dy * u
         dbias_acc += ddt
 
-    part = pid_group * n_channels + ch
-    tl.store(dA_part_ptr + part * n_state + offs_n, dA_acc, mask=mask_n)
-    tl.store(dD_part_ptr + part, tl.sum(dD_acc, 0))
-    tl.store(ddbias_part_ptr + part, tl.sum(dbias_acc, 0))
+    part = pid_group * n_channels
+    tl.store(dA_part_ptr + (part + r_chan) * n_state + r_state, dA_acc, mask=mask_r)
+    tl.store(dD_part_ptr + part + chans, tl.sum(dD_acc, 1))
+    tl.store(ddbias_part_ptr + part + chans, tl.sum(dbias_acc, 1))
 
 
 @triton.jit
@@ -281,8 +323,8 @@ def suffix_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _REVERSE_OK: dict = {}
 
 
-def num_warps_for(block_n: int, block_t: int) -> int:
-    return 4 if block_n * block_t <= 2048 else 8
+def num_warps_for(block_rows: int, block_t: int) -> int:
+    return 4 if block_rows * block_t <= 2048 else 8
 
 
 def reverse_scan_is_native(device: torch.device, block_n: int, block_t: int) -> bool:
@@ -315,10 +357,29 @@ def reverse_scan_is_native(device: torch.device, block_n: int, block_t: int) -> 
     return _REVERSE_OK[key]
 
 
-def pick_block_t(seq_len: int, block_n: int) -> int:
+def pick_block_t(seq_len: int, block_rows: int) -> int:
     """Time tile: the folded length rounded up to a power of 2, capped so a tile is <= 4096 states."""
-    cap = max(16, min(1024, 4096 // block_n))
+    cap = max(16, min(1024, 4096 // block_rows))
     return max(16, min(triton.next_power_of_2(seq_len), cap))
+
+
+def pick_block_d(channels_per_group: int, block_n: int, requested: int | None = None) -> int:
+    """Channels per program: they share one B/C tile load and one dB/dC atomic per element.
+
+    The largest power of 2 that divides ``channels_per_group`` and keeps BLOCK_D * BLOCK_N <= 32,
+    unless ``requested`` (or ``SF_MAMBA_SCAN_BLOCK_D``) says otherwise. (A GPU-untuned default.)
+    """
+    if requested is None and os.environ.get("SF_MAMBA_SCAN_BLOCK_D"):
+        requested = int(os.environ["SF_MAMBA_SCAN_BLOCK_D"])
+    if requested is not None:
+        if requested < 1 or requested & (requested - 1) or channels_per_group % requested:
+            raise ValueError(f"block_d must be a power of 2 dividing the channels per B/C group "
+                             f"({channels_per_group}), got {requested}")
+        return requested
+    block_d = 1
+    while block_d * 2 * block_n <= 32 and channels_per_group % (block_d * 2) == 0:
+        block_d *= 2
+    return block_d
 
 
 def _check_arg(name, x, *, ndims, device, optional=False):
@@ -407,7 +468,8 @@ def _as_grouped(x: torch.Tensor, batch: int, length: int) -> torch.Tensor:
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every, fold, block_t, save):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every, fold, block_t, block_d,
+                save):
         batch, channels, length = u.shape
         n_state = A.shape[1]
         Bg, Cg = _as_grouped(B, batch, length), _as_grouped(C, batch, length)
@@ -415,7 +477,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
         k = max(1, min(fold, batch))
         n_groups = triton.cdiv(batch, k)
         block_n = triton.next_power_of_2(n_state)
-        block_t = block_t or pick_block_t(k * length, block_n)
+        block_d = pick_block_d(channels // groups, block_n, block_d)
+        block_t = block_t or pick_block_t(k * length, block_d * block_n)
         n_tiles_max = triton.cdiv(k * length, block_t)
         A_c = A.contiguous()
         out = torch.empty(batch, channels, length, device=u.device, dtype=u.dtype)
@@ -423,7 +486,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
               if save else out)
         zz = z if z is not None else u
         if batch and channels and length:
-            _scan_fwd_kernel[(n_groups, channels)](
+            _scan_fwd_kernel[(n_groups, channels // block_d)](
                 u, delta, A_c, Bg, Cg, D if D is not None else A_c, zz,
                 delta_bias if delta_bias is not None else A_c, out, hs,
                 batch, length, n_state, channels, channels // groups, k, reset_every or 1, n_tiles_max,
@@ -432,17 +495,18 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1), Cg.stride(2),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_RESET=reset_every is not None, SAVE_HS=save,
-                BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps_for(block_n, block_t),
+                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_d * block_n, BLOCK_T=block_t,
+                num_warps=num_warps_for(block_d * block_n, block_t),
             )
         if save:
             ctx.save_for_backward(u, delta, A_c, B, C, D, z, delta_bias, hs)
-            ctx.config = (bool(delta_softplus), reset_every, k, block_t, n_tiles_max)
+            ctx.config = (bool(delta_softplus), reset_every, k, block_t, block_d, n_tiles_max)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         u, delta, A, B, C, D, z, delta_bias, hs = ctx.saved_tensors
-        softplus, reset_every, k, block_t, n_tiles_max = ctx.config
+        softplus, reset_every, k, block_t, block_d, n_tiles_max = ctx.config
         batch, channels, length = u.shape
         n_state = A.shape[1]
         Bg, Cg = _as_grouped(B, batch, length), _as_grouped(C, batch, length)
@@ -460,7 +524,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         ddbias_part = torch.empty_like(dD_part)
         zz = z if z is not None else u
         if batch and channels and length:
-            _scan_bwd_kernel[(n_groups, channels)](
+            _scan_bwd_kernel[(n_groups, channels // block_d)](
                 u, delta, A, Bg, Cg, D if D is not None else A, zz,
                 delta_bias if delta_bias is not None else A, hs, dout,
                 du, ddelta, dz if dz is not None else du, dB32, dC32, dA_part, dD_part, ddbias_part,
@@ -471,8 +535,9 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 dB32.stride(0), dB32.stride(1), dB32.stride(2),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
                 SOFTPLUS=softplus, HAS_RESET=reset_every is not None,
-                REVERSE_BY_FLIP=not reverse_scan_is_native(u.device, block_n, block_t),
-                BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps_for(block_n, block_t),
+                REVERSE_BY_FLIP=not reverse_scan_is_native(u.device, block_d * block_n, block_t),
+                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_d * block_n, BLOCK_T=block_t,
+                num_warps=num_warps_for(block_d * block_n, block_t),
             )
         else:
             dA_part.zero_(), dD_part.zero_(), ddbias_part.zero_()
@@ -486,11 +551,11 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dD = dD_part.sum(0).to(D.dtype) if D is not None else None
         ddbias = ddbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
         return (du, ddelta, dA, reduce_bc(dB32, B), reduce_bc(dC32, C), dD, dz, ddbias,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, z=None, fold=1, D=None, delta_bias=None, delta_softplus=True,
-                          reset_every=None, *, block_t=None):
+                          reset_every=None, *, block_t=None, block_d=None):
     """Segmented, logically folded selective scan on Triton (differentiable).
 
     Args:
@@ -500,7 +565,9 @@ def selective_scan_triton(u, delta, A, B, C, z=None, fold=1, D=None, delta_bias=
         reset_every: T; the state restarts at every folded position t with t % T == 0.
         fold: k; rows [p*k, (p+1)*k) of the batch are scanned as one sequence of k*L tokens (the
             last group holds batch % k rows). With reset_every=L the result equals fold=1.
-        block_t: time tile (power of 2 >= 16); default from :func:`pick_block_t`. For tests.
+        block_t: time tile (power of 2 >= 16); default from :func:`pick_block_t`.
+        block_d: channels per program (power of 2 dividing channels/groups); default from
+            :func:`pick_block_d` or ``SF_MAMBA_SCAN_BLOCK_D``. Both are for tests and tuning.
     Returns:
         out: (batch, channels, L) in u.dtype. State and accumulation are fp32.
     """
@@ -511,4 +578,4 @@ def selective_scan_triton(u, delta, A, B, C, z=None, fold=1, D=None, delta_bias=
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every,
-                                      fold, block_t, save)
+                                      fold, block_t, block_d, save)
