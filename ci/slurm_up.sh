@@ -10,7 +10,8 @@
 # (default /tmp/sf-mamba-slurm); /etc/slurm/{slurm,gres,slurmdbd}.conf are symlinks into it so that
 # every client (sinfo, sbatch, sacct, the snakemake plugin, submitit) finds the cluster without env.
 # On any failure it prints the daemons' log tails and exits 1.  Knobs (environment):
-#   SF_SLURM_STATE=/tmp/sf-mamba-slurm  SF_SLURM_DBD=1  SF_SLURM_FAKE_GPUS=1  SF_SLURM_CPUS=max(nproc,4)
+#   SF_SLURM_STATE=/tmp/sf-mamba-slurm  SF_SLURM_DBD=1  SF_SLURM_FAKE_GPUS=1  SF_SLURM_CPUS=max(nproc,16)
+#   SF_SLURM_MEM_MB=131072 (advertised minimum)
 #   SF_SLURM_PARTITION=debug  SF_SLURM_ACCOUNT=ci  SF_SLURM_CRED_EXPIRE=10  SF_SLURM_UP_TIMEOUT=60
 #   SF_SLURM_SMOKE=0 (1: also run srun + sbatch --wait + sacct before returning)
 # See docs/slurm-ci.md.  Tear down with ci/slurm_down.sh.
@@ -21,7 +22,11 @@ STATE=${SF_SLURM_STATE:-/tmp/sf-mamba-slurm}
 DBD=${SF_SLURM_DBD:-1}
 GPUS=${SF_SLURM_FAKE_GPUS:-1}
 NPROC=$(nproc)
-CPUS=${SF_SLURM_CPUS:-$(( NPROC > 4 ? NPROC : 4 ))}
+# The node advertises at least 16 CPUs and 128 GiB (SlurmdParameters=config_overrides; nothing is
+# enforced without cgroups) so the shipped profile's production-size requests (e.g. bench:
+# cpus_per_task 8, mem_mb 64000) are schedulable unchanged, next to a training job.
+CPUS=${SF_SLURM_CPUS:-$(( NPROC > 16 ? NPROC : 16 ))}
+MEM_MIN=${SF_SLURM_MEM_MB:-131072}
 PARTITION=${SF_SLURM_PARTITION:-debug}
 ACCOUNT=${SF_SLURM_ACCOUNT:-ci}
 CRED_EXPIRE=${SF_SLURM_CRED_EXPIRE:-10}
@@ -131,6 +136,7 @@ fi
 # ---- 4. configs ------------------------------------------------------------------------------
 MEM=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)
 [ -n "$MEM" ] || MEM=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 ))
+[ "$MEM" -ge "$MEM_MIN" ] || MEM=$MEM_MIN
 if [ "$DBD" = 1 ]; then
     ACCOUNTING="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
@@ -146,11 +152,16 @@ render() {  # render TEMPLATE > stdout
               -e "s|@GPUS@|$GPUS|g" -e "s|@PARTITION@|$PARTITION|g" -e "s|@DBPASS@|$DBPASS|g" "$1")
     printf '%s\n' "${out//@ACCOUNTING@/$ACCOUNTING}"
 }
-CHANGED=0
+CHANGED=0 CHANGED_DBD=0
 install_conf() {  # install_conf NAME MODE OWNER
     local new="$STATE/etc/$1.new" dst="$STATE/etc/$1"
     render "$HERE/slurm/$1.in" >"$new"
-    if ! cmp -s "$new" "$dst"; then mv -f "$new" "$dst"; CHANGED=1; else rm -f "$new"; fi
+    if ! cmp -s "$new" "$dst"; then
+        mv -f "$new" "$dst"
+        if [ "$1" = slurmdbd.conf ]; then CHANGED_DBD=1; else CHANGED=1; fi
+    else
+        rm -f "$new"
+    fi
     chmod "$2" "$dst"; chown "$3" "$dst"
     # /etc/slurm/NAME -> state dir. Never clobber a config that is not ours.
     mkdir -p /etc/slurm
@@ -193,7 +204,7 @@ if [ "$DBD" = 1 ]; then
          ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$DBPASS';
          GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';" \
         || die "could not create the slurm DB user"
-    if [ "$CHANGED" = 1 ] && running "$STATE/run/slurmdbd.pid" slurmdbd; then
+    if [ "$CHANGED_DBD" = 1 ] && running "$STATE/run/slurmdbd.pid" slurmdbd; then
         stop "$STATE/run/slurmdbd.pid" slurmdbd
     fi
     if ! running "$STATE/run/slurmdbd.pid" slurmdbd; then
