@@ -234,5 +234,10 @@ def build_meta(mode: str, n_state: int) -> dict:
     import datetime
 
     import triton
+    from sf_mamba_kernels.selective_scan.triton_scan import pick_block_d
+
+    # the kernel's tiling policy at measurement time: a different one makes the table stale
+    block_d = {str(ch): pick_block_d(ch, triton.next_power_of_2(n_state)) for ch in DEFAULT_CHANNELS}
     return {"measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "triton": triton.__version__, "mode": mode, "n_state": n_state}
+            "torch": torch.__version__, "triton": triton.__version__, "mode": mode, "n_state": n_state,
+            "block_d": block_d}
