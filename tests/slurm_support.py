@@ -241,6 +241,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def sf_mamba_cmd(*args: str) -> list[str]:
+    """``sf_mamba ARGS`` with this interpreter (not whatever ``sf_mamba`` is first on PATH)."""
+    return [sys.executable, "-m", "sf_mamba", *args]
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory, slurm_cluster) -> Path:
+    """The real offline digits set (ImageFolder layout), built once per session."""
+    out = tmp_path_factory.mktemp("slurm_data") / "digits"
+    proc = subprocess.run(sf_mamba_cmd("data", "digits", "--out", str(out)), capture_output=True, text=True,
+                          timeout=300, env=subprocess_env(), cwd=REPO)
+    if proc.returncode != 0:
+        pytest.fail(f"`sf_mamba data digits` failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # a tiny Checkpointable callable (independent of the trainer), used by test_slurm_submitit.py
 # ---------------------------------------------------------------------------------------------

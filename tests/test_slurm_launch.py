@@ -23,10 +23,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slurm_support import (  # noqa: E402,F401  (fixtures are used by name)
     REPO,
+    digits_data,
     job_ids_since,
     job_state,
     max_job_id,
     sacct_job,
+    sf_mamba_cmd,
     slurm_cluster,
     slurm_jobs,
     subprocess_env,
@@ -47,18 +49,12 @@ DETERMINISTIC = ("top1", "top5", "loss", "train_loss", "ema_top1", "ema_top5", "
                  "epochs", "best_epoch", "best_top1", "config_sha256", "params", "macs")
 
 
-def _sf_mamba(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sf_mamba", *args]
+_sf_mamba = sf_mamba_cmd
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory, slurm_cluster) -> Path:
-    """The real offline digits set, built once for the module."""
-    out = tmp_path_factory.mktemp("data") / "digits"
-    proc = subprocess.run(_sf_mamba("data", "digits", "--out", str(out)), capture_output=True, text=True,
-                          timeout=300, env=subprocess_env(), cwd=REPO)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
+@pytest.fixture
+def digits(digits_data) -> Path:
+    return digits_data
 
 
 def _train_args(run_dir: str, digits: Path) -> list[str]:

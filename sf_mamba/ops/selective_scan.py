@@ -3,7 +3,7 @@
 ``selective_scan`` validates its inputs, applies batch folding, and dispatches to a backend:
 
 - ``'reference'``: sequential fp32 loop (the oracle; exact fold invariance);
-- ``'torch'``: chunked block-parallel PyTorch scan (fast on CPU, differentiable);
+- ``'torch'``: time-major recurrence with a hand-written backward (fast on CPU);
 - ``'triton'``: fused Triton kernels (CUDA, or the interpreter with ``TRITON_INTERPRET=1``);
 - ``'auto'``: Triton for CUDA tensors when it is importable, otherwise ``'torch'``.
 """
@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from sf_mamba_kernels.selective_scan import selective_scan_chunked, selective_scan_reference
+from sf_mamba_kernels.selective_scan import selective_scan_recurrent, selective_scan_reference
 
 BACKENDS = ("auto", "torch", "reference", "triton")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -152,7 +152,7 @@ def selective_scan(
         # like mamba_ssm's selective_scan_fn: the kernel needs unit stride along L
         u, delta, B, C, z = (_unit_stride_last(x) for x in (u, delta, B, C, z))
         return _triton_impl()(u, delta, A, B, C, z=z, fold=fold, **kwargs)
-    impl = selective_scan_reference if backend == "reference" else selective_scan_chunked
+    impl = selective_scan_reference if backend == "reference" else selective_scan_recurrent
     batch = u.shape[0]
     fold = min(fold, batch)
     if fold == 1:

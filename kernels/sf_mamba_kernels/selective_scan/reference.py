@@ -1,4 +1,4 @@
-"""Sequential fp32 reference of the Mamba-1 selective scan with periodic state reset.
+"""Sequential reference of the Mamba-1 selective scan with periodic state reset (fp64 inside).
 
 This is the oracle every other implementation (the chunked PyTorch scan, the Triton kernels) is
 tested against. It follows mamba_ssm's ``selective_scan_ref`` semantics (see docs/kernels.md):
@@ -44,13 +44,12 @@ def expand_c(C: torch.Tensor, batch: int, channels: int, length: int, dtype) -> 
     return expand_bc(C, channels, dtype).transpose(2, 3)
 
 
-def discretize(u, delta, A, B, delta_bias, delta_softplus):
-    """Shared prologue: fp32 delta after bias/softplus, log-decay delta*A, and the input term.
+def discretize(u, delta, A, B, delta_bias, delta_softplus, dtype):
+    """Prologue: delta after bias/softplus, log-decay delta*A and the input term, in ``dtype``.
 
-    Returns ``delta`` (Bt, Dm, L), ``log_a`` (Bt, Dm, L, N) and ``bu`` (Bt, Dm, L, N).
+    Returns ``log_a`` (Bt, Dm, L, N) and ``bu`` (Bt, Dm, L, N).
     """
     channels = u.shape[1]
-    dtype = compute_dtype(u)
     delta = delta.to(dtype)
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
@@ -63,7 +62,7 @@ def discretize(u, delta, A, B, delta_bias, delta_softplus):
         bu = du * B.to(dtype)[None, :, None, :]
     else:
         bu = du * expand_bc(B, channels, dtype).transpose(2, 3)
-    return delta, log_a, bu
+    return log_a, bu
 
 
 def epilogue(y, u, D, z, out_dtype):
@@ -85,9 +84,14 @@ def selective_scan_reference(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, reset_every=None,
     return_last_state=False,
 ):
-    """Sequential fp32 selective scan; differentiable through autograd. See the module docstring."""
+    """Sequential selective scan; differentiable through autograd. See the module docstring.
+
+    It computes in float64 whatever the input dtype: the oracle should be more accurate than what
+    it judges, and fp64 makes batch folding bit-exact after the final cast (fp32 vectorised and
+    scalar code paths round differently, and folding moves elements between them).
+    """
     batch, channels, length = u.shape
-    _, log_a, bu = discretize(u, delta, A, B, delta_bias, delta_softplus)
+    log_a, bu = discretize(u, delta, A, B, delta_bias, delta_softplus, torch.float64)
     a = torch.exp(log_a)
     restart = reset_mask(length, reset_every, u.device)
     if restart is not None:
