@@ -14,6 +14,11 @@ min_version("9.0")
 configfile: "configs/default.yaml"
 
 
+# the rules run `sf_mamba` from PATH (common.smk puts this Python's bin/ first); Slurm jobs get it too
+envvars:
+    "PATH",
+
+
 report: "workflow/report/workflow.rst"
 
 

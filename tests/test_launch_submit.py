@@ -201,14 +201,15 @@ def test_local_executor_ignores_an_installed_cluster(tmp_path, monkeypatch):
     assert submitit.AutoExecutor.which() == "slurm"      # what auto-detection would have picked
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_local_executor_end_to_end(tmp_path):
     """A real `sf_mamba launch --cluster local` subprocess job (a tiny fold sweep)."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "sf_mamba", "launch", "--cluster", "local", "--run-dir", str(run),
            "--timeout-min", "5", "--poll-s", "0.2", "--", "fold-sweep", "--out", "{work_dir}/metrics.json",
            "--batch-sizes", "2", "--lengths", "4", "--channels", "2", "--folds", "1", "2", "--repeats", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=290)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((run / "metrics.json").read_text())
     assert result["all_equal"] is True

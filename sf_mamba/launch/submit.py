@@ -148,8 +148,8 @@ def make_executor(args: argparse.Namespace, folder: Path):
         "timeout_min": args.timeout_min,
         "cpus_per_task": args.cpus,
         "gpus_per_node": args.gpus,
-        "tasks_per_node": 1,
-        "nodes": 1,
+        "tasks_per_node": max(1, args.gpus),  # one process per GPU (the trainer reads JobEnvironment)
+        "nodes": args.nodes,
         "name": args.job_name,
     }
     if args.mem_gb:
@@ -269,6 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-min", type=int, default=60,
                         help="job time limit in minutes (explicit; submitit's local default is 2)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs per node")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (multi-node DDP)")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs per task")
     parser.add_argument("--mem-gb", type=float, default=0, help="memory per node (0 = cluster default)")
     parser.add_argument("--partition", default="", help="Slurm partition")

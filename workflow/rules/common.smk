@@ -2,6 +2,7 @@
 # the validated config and experiment sheet; no rule imports model code.
 import json
 import os
+import sys
 
 import pandas as pd
 import yaml
@@ -9,6 +10,17 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
+
+
+def _put_own_bin_first_on_path():
+    """Rules call `sf_mamba`; run from an unactivated venv, find it beside this Python."""
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.exists(os.path.join(bindir, "sf_mamba")) and bindir not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([bindir, path])
+
+
+_put_own_bin_first_on_path()
 
 RQS = ["rq1_scan", "rq2_fold", "rq3_aux", "rq4_sizes", "rq5_seg"]
 CLS_RQS = ["rq1_scan", "rq3_aux", "rq4_sizes"]
