@@ -52,11 +52,7 @@ def test_scan_flops_are_9BLDN_per_call_and_excluded_from_macs():
     for h in hooks:
         h.remove()
     assert r["scan_calls"] == len(calls) > 0
-    # independent count: every mixer scans its SSM half (D/2 channels) over L tokens with N=8 states
-    expected = 0
-    for m in model.modules():
-        if type(m).__name__ == "MambaMixer":
-            expected += 0  # filled below from shapes
+    # independent count: every mixer scans its SSM half (ssm_width channels) over L tokens, N states
     mixers = [m for m in model.modules() if type(m).__name__ == "MambaMixer"]
     expected = sum(9 * 2 * shape[1] * m.ssm_width * m.d_state for m, shape in zip(mixers, calls))
     assert r["scan_flops"] == expected

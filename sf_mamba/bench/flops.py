@@ -5,7 +5,8 @@ Two numbers, never mixed:
 - ``macs`` — **MambaVision's "FLOPs" column** (ptflops-style multiply-accumulates of convs, linears and
   attention matmuls; the selective scan is *not* included). Measured with
   ``torch.utils.flop_counter.FlopCounterMode`` (which counts matmul/conv/SDPA FLOPs = 2 × MACs), so
-  ``macs = counted_flops / 2``. CPU's fused SDPA kernel is added through a custom mapping. Element-wise
+  ``macs = counted_flops / 2``. attention (``F.scaled_dot_product_attention``) is counted analytically
+  from its shapes whatever kernel runs (torch's counter misses CPU's fused kernel). Element-wise
   ops, norms, activations and the scan are not counted. While counting, every ``selective_scan`` call
   made by the model runs with the counter suspended, so matmuls *inside* a chunked scan backend do
   not leak into ``macs``.
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 CONVENTION = ("macs: FlopCounterMode matmul/conv/attention FLOPs / 2 (MambaVision/ptflops convention, scan "
               "excluded); scan_flops: 9*B*L*D*N per selective_scan call (FLOPs, not MACs)")
@@ -84,6 +86,30 @@ def scan_counter():
             setattr(mod, "selective_scan", original)
 
 
+@contextlib.contextmanager
+def attention_counter():
+    """Count ``F.scaled_dot_product_attention`` analytically (torch's SDPA formula: QK^T and AV
+    matmuls) whatever kernel the backend picks (fused CPU/flash kernels or the decomposed math path),
+    and hide the call from the FLOP counter so it is counted exactly once. Yields ``{'flops', 'calls'}``."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    original = F.scaled_dot_product_attention
+    record = {"flops": 0, "calls": 0}
+
+    def counted(query, key, value, *args, **kwargs):
+        record["flops"] += int(sdpa_flop_count(query.shape, key.shape, value.shape))
+        record["calls"] += 1
+        with _disable_current_modes():
+            return original(query, key, value, *args, **kwargs)
+
+    F.scaled_dot_product_attention = counted
+    try:
+        yield record
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def count_flops(model: nn.Module, input_size: tuple = (3, 224, 224), batch: int = 1,
                 device: Any = "cpu") -> dict[str, Any]:
     """Count MACs (scan excluded) and scan FLOPs for one forward pass of ``model`` in eval mode."""
@@ -95,15 +121,17 @@ def count_flops(model: nn.Module, input_size: tuple = (3, 224, 224), batch: int 
     model.eval()
     x = torch.randn(batch, *input_size, device=device)
     try:
-        with torch.no_grad(), scan_counter() as scan:
+        with torch.no_grad(), scan_counter() as scan, attention_counter() as attention:
             with FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
                 model(x)
     finally:
         model.train(was_training)
-    counted = int(counter.get_total_flops())
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    attn = int(attention["flops"])
+    if attn:
+        by_op["scaled_dot_product_attention (analytic)"] = attn
+    counted = int(counter.get_total_flops()) + attn
     params = sum(p.numel() for p in model.parameters())
-    attn = sum(v for k, v in by_op.items() if "scaled_dot_product" in k)
     return {
         "macs": counted // 2, "attention_macs": attn // 2, "macs_without_attention": (counted - attn) // 2, "counted_flops": counted, "scan_flops": int(scan["flops"]),
         "scan_calls": int(scan["calls"]), "macs_with_scan": counted // 2 + int(scan["flops"]) // 2,
