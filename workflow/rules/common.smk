@@ -286,7 +286,7 @@ def train_command(wildcards, input, params, threads, log):
     """`sf_mamba launch ... -- train ...`; built at run time so executor settings are not params."""
     flags = launch_flags(config["train"]["resources"])
     hashes = " ".join(f"--hash-file {f}" for f in input.recipe)
-    return (
+    return shell_literal(
         f"OMP_NUM_THREADS={threads} sf_mamba launch {flags} --run-dir {params.run_dir} {hashes}"
         f" --job-name train_{wildcards.experiment}_s{wildcards.seed}"
         f" -- train --config {params.recipe} --run-dir '{{work_dir}}' {params.sets} > {log} 2>&1"
@@ -295,12 +295,17 @@ def train_command(wildcards, input, params, threads, log):
 
 def seg_command(wildcards, input, params, threads, log):
     flags = launch_flags(config["rq5_seg"]["resources"])
-    return (
+    return shell_literal(
         f"OMP_NUM_THREADS={threads} sf_mamba launch {flags} --run-dir {params.run_dir}"
         f" --hash-file {input.cfg} --job-name seg_{wildcards.experiment}_s{wildcards.seed}"
         f" -- seg-train --config {input.cfg} --work-dir '{{work_dir}}' {params.data_root}"
         f" --cfg-options {params.options} > {log} 2>&1"
     )
+
+
+def shell_literal(command):
+    """A finished command for shell() inside run:, which formats {...} once more."""
+    return command.replace("{", "{{").replace("}", "}}")
 
 
 def write_text(path, text):
