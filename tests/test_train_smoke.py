@@ -127,3 +127,10 @@ def test_distributed_setup_single_process_and_torchrun_env(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     info = setup_distributed("cpu")
     assert (info.source, info.world_size) == ("torchrun", 1)
+
+
+def test_eval_bad_input(tmp_path, digits, capsys):
+    assert cli(["eval", str(tmp_path / "missing.pth"), "--data-dir", str(digits)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli(["eval", str(tmp_path / "missing.pth"), "--data-dir", str(tmp_path / "nodata")]) == 2
+    assert "does not exist" in capsys.readouterr().err

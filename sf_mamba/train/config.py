@@ -29,7 +29,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 FREE_FORM = {("model", "kwargs")}
 RUNTIME_KEYS = {("data", "num_workers"), ("data", "pin_memory"), ("train", "log_every_steps"),
-                ("train", "progress"), ("train", "ckpt_every_steps"), ("train", "final_bench")}
+                ("train", "progress"), ("train", "ckpt_every_steps"), ("train", "final_bench"),
+                ("train", "cpu_threads")}
 
 
 class ConfigError(ValueError):

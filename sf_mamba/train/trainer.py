@@ -441,6 +441,8 @@ def _train(cfg: dict, run_dir: Path, p: dict, state: str, layout: dict, dist_inf
     is_main = dist_info.is_main
     tc, oc, sc, ac = cfg["train"], cfg["optim"], cfg["sched"], cfg["aug"]
     device = pick_device(cfg, dist_info)
+    if device.type == "cpu" and tc["cpu_threads"]:
+        torch.set_num_threads(int(tc["cpu_threads"]))
     seed = int(tc["seed"])
     seed_everything(seed + dist_info.rank)
     num_classes = _num_classes(cfg, layout)
