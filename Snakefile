@@ -3,7 +3,8 @@
 #   snakemake -c2                                  # CPU smoke of the whole DAG (configs/default.yaml)
 #   snakemake -c2 rq2_fold                         # one research question
 #   snakemake --profile slurm --configfile configs/paper.yaml    # full reproduction (docs/cluster.md)
-#   snakemake --report results/report/report.html  # HTML report after a run
+#   snakemake --report results/report/report.html  # HTML report (also written after a run that
+#                                                  # updated results/report/, e.g. `all`)
 #
 # The rules live in workflow/rules/, the schemas (with every default) in workflow/schemas/.
 from snakemake.utils import min_version
@@ -29,6 +30,10 @@ include: "workflow/rules/fold.smk"
 include: "workflow/rules/aux.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/report.smk"
+
+
+onsuccess:
+    build_html_report()
 
 
 rule all:

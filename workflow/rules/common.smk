@@ -340,3 +340,32 @@ def report_flag(path, rq):
     if path.endswith((".png", ".csv")):
         return report(path, caption=f"../report/{rq}.rst", category=rq)
     return path
+
+
+HTML_REPORT = "results/report/report.html"
+
+
+def build_html_report(log=None):
+    """After a run that (re)made results/report/, also write the `snakemake --report` HTML.
+
+    Runs in the main Snakemake process only (not in spawned job processes), from the effective
+    config of this run, so the HTML shows exactly the results of this configuration.
+    """
+    import subprocess
+    import tempfile
+
+    readme = "results/report/README.md"
+    if not workflow.is_main_process or not os.path.exists(readme):
+        return
+    if os.path.exists(HTML_REPORT) and os.path.getmtime(HTML_REPORT) >= os.path.getmtime(readme):
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(config, fh)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", workflow.main_snakefile,
+           "--configfile", fh.name, "--nolock", "--report", HTML_REPORT]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    os.unlink(fh.name)
+    if proc.returncode != 0:
+        print(f"snakemake --report failed (the results are complete; rerun it by hand):\n{proc.stderr[-2000:]}")
+    else:
+        print(f"HTML report: {HTML_REPORT}")
