@@ -18,7 +18,7 @@ rule train:
         recipe=lambda wc: recipe_path(wc.experiment),
         sets=lambda wc: shell_join(f"--set={s}" for s in train_overrides(wc.experiment, int(wc.seed))),
         run_dir=lambda wc, output: os.path.dirname(output[0]),
-    threads: config["train"]["resources"]["cpus"]
+    threads: waiter_threads(config["train"]["resources"])
     resources:
         gpu=config["train"]["resources"]["gpus"],
         launch_slots=1,

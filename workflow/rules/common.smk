@@ -282,12 +282,23 @@ def rq_target(rq):
     return [f"results/{rq}/{name}" for name in RQ_OUTPUTS[rq]]
 
 
+def waiter_threads(res_cfg):
+    """Local cores held by a launcher job (its CPUs when it runs here; 1 when it waits on Slurm)."""
+    return 1 if config["cluster"]["executor"] == "slurm" else res_cfg["cpus"]
+
+
+def thread_env(threads):
+    """OMP_NUM_THREADS for jobs that run on this machine; Slurm jobs inherit the submitting
+    environment (sbatch --export=ALL), so a waiter's 1 thread must not leak into them."""
+    return "" if config["cluster"]["executor"] == "slurm" else f"OMP_NUM_THREADS={threads} "
+
+
 def train_command(wildcards, input, params, threads, log):
     """`sf_mamba launch ... -- train ...`; built at run time so executor settings are not params."""
     flags = launch_flags(config["train"]["resources"])
     hashes = " ".join(f"--hash-file {f}" for f in input.recipe)
     return shell_literal(
-        f"OMP_NUM_THREADS={threads} sf_mamba launch {flags} --run-dir {params.run_dir} {hashes}"
+        f"{thread_env(threads)}sf_mamba launch {flags} --run-dir {params.run_dir} {hashes}"
         f" --job-name train_{wildcards.experiment}_s{wildcards.seed}"
         f" -- train --config {params.recipe} --run-dir '{{work_dir}}' {params.sets} > {log} 2>&1"
     )
@@ -296,7 +307,7 @@ def train_command(wildcards, input, params, threads, log):
 def seg_command(wildcards, input, params, threads, log):
     flags = launch_flags(config["rq5_seg"]["resources"])
     return shell_literal(
-        f"OMP_NUM_THREADS={threads} sf_mamba launch {flags} --run-dir {params.run_dir}"
+        f"{thread_env(threads)}sf_mamba launch {flags} --run-dir {params.run_dir}"
         f" --hash-file {input.cfg} --job-name seg_{wildcards.experiment}_s{wildcards.seed}"
         f" -- seg-train --config {input.cfg} --work-dir '{{work_dir}}' {params.data_root}"
         f" --cfg-options {params.options} > {log} 2>&1"

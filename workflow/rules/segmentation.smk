@@ -15,7 +15,7 @@ rule seg_train:
             + list(config["rq5_seg"]["cfg_options"])
         ),
         data_root=lambda wc: f"--data-root {SEG_DATA}",
-    threads: config["rq5_seg"]["resources"]["cpus"]
+    threads: waiter_threads(config["rq5_seg"]["resources"])
     resources:
         gpu=config["rq5_seg"]["resources"]["gpus"],
         launch_slots=1,
