@@ -122,7 +122,10 @@ def test_timeout_signal_requeues_training_and_resumes_to_identical_metrics(slurm
         job_id = rec["job_id"]
         slurm_jobs.add(int(job_id))
         ckpt = _checkpoint(run_dir)
-        wait_until(ckpt.exists, timeout=240, what=f"job {job_id} to write its first checkpoint")
+        wait_until(lambda: ckpt.exists() or launcher.poll() is not None, timeout=240,
+                   what=f"job {job_id} to write its first checkpoint")
+        if launcher.poll() is not None:
+            pytest.fail(f"the launcher ended before the first checkpoint:\n{launcher.communicate()[0][-4000:]}")
         # Exactly what Slurm does before the time limit (and what submitit's job._interrupt(timeout=True) does).
         submitit.SlurmJob(folder=run_dir / "submitit", job_id=job_id)._interrupt(timeout=True)
         out = _communicate(launcher, 300)
