@@ -466,7 +466,8 @@ class SFMamba(nn.Module):
         self.global_pool = global_pool
         self.scan, self.aux_tokens = scan, aux_tokens
         self.patch_embed = Stem(in_chans, in_dim, dim)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)  # stochastic depth rises linearly over all blocks, conv ones included
+        rates = [drop_path_rate * i / max(1, n_blocks - 1) for i in range(n_blocks)]
         levels, self.feature_info = [], []
         for i, depth in enumerate(depths):
             level_dim = dim * 2 ** i
