@@ -134,3 +134,20 @@ def test_eval_bad_input(tmp_path, digits, capsys):
     assert "not found" in capsys.readouterr().err
     assert cli(["eval", str(tmp_path / "missing.pth"), "--data-dir", str(tmp_path / "nodata")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_python_api_mesa_and_idempotence(tmp_path, digits):
+    from sf_mamba.train.config import ConfigError
+    from sf_mamba.train.trainer import load_config, run_training
+
+    base = ["sched.epochs=2", "train.max_steps_per_epoch=2", "train.final_bench=false", "train.batch_size=32",
+            "train.eval_batch_size=360", f"data.dir={digits}"]
+    with pytest.raises(ConfigError, match="ema.enabled"):
+        run_training(load_config("smoke", base + ["mesa.weight=1.0", "ema.enabled=false"]), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    plain = run_training(load_config("smoke", base), tmp_path / "plain")
+    # MESA from the start (start_ratio 0 -> active from epoch 2 on, epoch/epochs = 0.5 > 0)
+    mesa = run_training(load_config("smoke", base + ["mesa.weight=1.0", "mesa.start_ratio=0.0"]), tmp_path / "mesa")
+    assert mesa["train_loss"] != plain["train_loss"]   # the distillation term is in the loss
+    again = run_training(load_config("smoke", base), tmp_path / "plain")
+    assert again == plain

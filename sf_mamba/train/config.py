@@ -157,6 +157,8 @@ def validate(cfg: dict) -> dict:
     need(isinstance(v, int) and v > 0, "train.ckpt_every_steps", f"must be a positive int, got {v!r}")
     need(cfg["train"]["amp_dtype"] in ("float16", "bfloat16"), "train.amp_dtype", "float16 or bfloat16")
     need(cfg["train"]["device"] in ("auto", "cpu", "cuda"), "train.device", "auto, cpu or cuda")
+    need(not cfg["mesa"]["weight"] or cfg["ema"]["enabled"], "mesa.weight",
+         "MESA distils from the EMA teacher: mesa.weight > 0 needs ema.enabled: true")
     need(cfg["optim"]["clip_mode"] in ("norm", "value", "agc"), "optim.clip_mode", "norm, value or agc")
     return cfg
 
