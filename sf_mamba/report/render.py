@@ -182,7 +182,9 @@ def experiment_summary(runs: pd.DataFrame, rq: str) -> pd.DataFrame:
             "top1": mean_std(_col(ok, "top1")),
             "top1_mean": mean_of(_col(ok, "top1")),
             "top1_values": [v for v in (_num(x) for x in _col(ok, "top1")) if v is not None],
-            "params_m": mean_of(_col(ok, "params_m")),
+            # params/MACs do not depend on training: the benchmark's count stands in for a missing run
+            "params_m": mean_of(_col(ok, "params_m")) if len(ok) else
+            (mean_of(_col(b, "params_m")) if len(b) else None),
             "macs_g": mean_of(_col(ok, "macs_g")),
             "throughput": mean_of(_col(b, "throughput")) if len(b) else None,
             "device": _first_str(_col(b, "device")) if len(b) else "",
