@@ -141,7 +141,8 @@ if [ "$DBD" = 1 ]; then
     ACCOUNTING="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
-AccountingStorageTRES=gres/gpu"
+AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment"
 else
     ACCOUNTING="AccountingStorageType=accounting_storage/none"
 fi

@@ -190,7 +190,7 @@ def sacct_job(job_id: int | str, fields: str = "JobIDRaw,JobName,State,ExitCode,
     if duplicates:
         cmd.append("-D")
     out = _run(cmd, timeout=15).stdout
-    keys = fields.split(",")
+    keys = [f.split("%")[0] for f in fields.split(",")]
     return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
 
 
