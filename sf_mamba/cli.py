@@ -14,8 +14,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("sf_mamba.models.cli", "list the registered variants with params and MACs"),
-    "smoke": ("sf_mamba.smoke", "build every variant, train a few CPU steps, print a table"),
+    "models": ("sf_mamba.models.cli", "list the registered variants with their parameter counts"),
     "data": ("sf_mamba.data.cli", "materialise the small real offline datasets (ImageFolder layout)"),
     "train": ("sf_mamba.train.trainer", "train a classifier (timm components, auto-resume, DDP)"),
     "eval": ("sf_mamba.train.evaluate", "evaluate a checkpoint: top-1/top-5"),

@@ -65,7 +65,10 @@ class _RecurrentScan(torch.autograd.Function):
         h[0] = x[0]
         for t in range(1, length):
             torch.addcmul(x[t], a[t], h[t - 1], out=h[t])
-        y = (h * c_full).sum(-1).permute(1, 2, 0)  # (Bt, Dm, L)
+        if C.dim() == 3:  # shared over channels: a batched matvec avoids an (L, Bt, Dm, N) product
+            y = torch.matmul(h, C.to(dtype).permute(2, 0, 1).unsqueeze(-1)).squeeze(-1).permute(1, 2, 0)
+        else:
+            y = (h * c_full).sum(-1).permute(1, 2, 0)  # (Bt, Dm, L)
         if D is not None:
             y = y + u.to(dtype) * D.to(dtype)[:, None]
         out = y * F.silu(z.to(dtype)) if z is not None else y

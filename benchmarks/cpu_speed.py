@@ -1,0 +1,112 @@
+"""CPU speed benchmark (issue: sf_mamba_t >= 0.8x convnext_tiny in eval on CPU).
+
+Measures side by side, in one run, interleaved so that machine load hits every model alike:
+  * img/s at 224 px, eval mode, inference_mode, of sf_mamba_t (swap and uni) and timm's convnext_tiny;
+  * the fast PyTorch scan ('torch' backend) vs the sequential reference on sf_mamba_t's shapes.
+Prints a table and the ratios; ``--json PATH`` also writes them. Not a test: timings are never asserted.
+
+    python benchmarks/cpu_speed.py [--batch 8] [--rounds 5] [--threads N] [--json results/cpu_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import timm
+import torch
+
+import sf_mamba  # noqa: F401  (registers the models)
+from sf_mamba.ops import selective_scan
+
+
+def time_call(fn, repeats: int) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def model_throughput(names_kwargs: dict, batch: int, rounds: int) -> dict[str, float]:
+    x = torch.randn(batch, 3, 224, 224)
+    models = {label: timm.create_model(name, **kw).eval() for label, (name, kw) in names_kwargs.items()}
+    seconds = {label: [] for label in models}
+    with torch.inference_mode():
+        for model in models.values():  # warm-up (allocator, oneDNN primitive caches)
+            model(x)
+        for _ in range(rounds):  # interleave so load spikes hit every model alike
+            for label, model in models.items():
+                start = time.perf_counter()
+                model(x)
+                seconds[label].append(time.perf_counter() - start)
+    return {label: batch / statistics.median(s) for label, s in seconds.items()}
+
+
+def scan_speed(batch: int, repeats: int) -> list[dict]:
+    """Fast vs reference scan on sf_mamba_t's stage-3/4 shapes (SSM width = half the stage width)."""
+    rows = []
+    for stage, channels, length in (("stage3", 160, 196 + 2), ("stage4", 320, 49 + 2)):
+        g = torch.Generator().manual_seed(0)
+        u = torch.randn(batch, channels, length, generator=g)
+        delta = torch.randn(batch, channels, length, generator=g) * 0.5
+        A = -torch.rand(channels, 8, generator=g) * 4
+        B = torch.randn(batch, 8, length, generator=g)
+        C = torch.randn(batch, 8, length, generator=g)
+        args = (u, delta, A, B, C, torch.ones(channels))
+        with torch.inference_mode():
+            t_ref = time_call(lambda: selective_scan(*args, backend="reference"), repeats)
+            t_fast = time_call(lambda: selective_scan(*args, backend="torch"), repeats)
+        rows.append(dict(shape=f"{stage} B={batch} D={channels} L={length} N=8", reference_ms=1e3 * t_ref,
+                         torch_ms=1e3 * t_fast, speedup=t_ref / t_fast))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    throughput = model_throughput({
+        "sf_mamba_t (swap)": ("sf_mamba_t", dict(scan="swap")),
+        "sf_mamba_t (uni)": ("sf_mamba_t", dict(scan="uni")),
+        "convnext_tiny": ("convnext_tiny", {}),
+    }, args.batch, args.rounds)
+    scans = scan_speed(args.batch, args.rounds)
+
+    base = throughput["convnext_tiny"]
+    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, batch {args.batch}, 224 px, eval, {args.rounds} rounds (median)")
+    print(f"{'model':<20} {'img/s':>8} {'vs convnext_tiny':>17}")
+    for label, value in throughput.items():
+        print(f"{label:<20} {value:8.2f} {value / base:16.2f}x")
+    print(f"{'scan shape':<40} {'reference ms':>13} {'torch ms':>9} {'speedup':>8}")
+    for row in scans:
+        print(f"{row['shape']:<40} {row['reference_ms']:13.1f} {row['torch_ms']:9.1f} {row['speedup']:7.1f}x")
+    if args.json:
+        result = dict(machine=platform.machine(), processor=platform.processor(), cpu_count=os.cpu_count(),
+                      threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
+                      batch=args.batch, rounds=args.rounds, img_per_s=throughput,
+                      ratio_vs_convnext_tiny={k: v / base for k, v in throughput.items()}, scan=scans)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(result, fh, indent=2)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
