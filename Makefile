@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $(STAMP)
 
+# The whole DAG on configs/default.yaml (CPU smoke of every research question).
 reproduce: venv
-	$(VENV)/bin/sf_mamba smoke
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/snakemake --cores 2
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
