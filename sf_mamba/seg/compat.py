@@ -80,7 +80,9 @@ def ensure_mmcv_ops(allow_stub: bool | None = None) -> str:
     warnings.warn(f"sf_mamba.seg: {reason}; installing a stub mmcv._ext (UperNet needs no compiled "
                   "op; any model that does will raise NotImplementedError when it calls one)",
                   RuntimeWarning, stacklevel=2)
-    sys.modules["mmcv._ext"] = _ExtStub("mmcv._ext")
+    stub = _ExtStub("mmcv._ext")
+    sys.modules["mmcv._ext"] = stub
+    setattr(importlib.import_module("mmcv"), "_ext", stub)  # as a real submodule import would
     return "stub"
 
 
