@@ -70,6 +70,11 @@ def _args(run: Path, data: Path, *sets: str) -> list[str]:
     ("ok", ("optim.lrr=1e-3",), "unknown config key 'optim.lrr'"),
     ("ok", ("trian.batch_size=2",), "unknown config key 'trian'"),
     ("ok", ("train.batch_size=0",), "train.batch_size"),
+    ("ok", ("train.batch_size=5000",), "fewer than one batch"),
+    ("ok", ("optim.opt=nosuch",), "cannot build optimizer 'nosuch'"),
+    ("ok", ("sched.name=nosuch",), "cannot build scheduler 'nosuch'"),
+    ("ok", ("model.kwargs.scan=bogus",), "rejected model.kwargs"),
+    ("ok", ("model.kwargs.no_such_kwarg=1",), "rejected model.kwargs"),
 ])
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, digits, capsys, data_kind, sets, message):
     data = {"missing": tmp_path / "nope", "flat": digits / "train", "ok": digits}[data_kind]

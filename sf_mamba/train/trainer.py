@@ -189,7 +189,7 @@ def create_model(cfg: dict, num_classes: int) -> nn.Module:
         kwargs.setdefault("drop_path_rate", cfg["model"]["drop_path_rate"])
     try:
         return timm.create_model(cfg["model"]["name"], pretrained=False, num_classes=num_classes, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"model {cfg['model']['name']!r} rejected model.kwargs {kwargs}: {err}") from err
 
 
@@ -381,6 +381,7 @@ def _setup_logging(text_log: Path | None, is_main: bool) -> logging.Handler | No
     if text_log is None or not is_main:
         return None
     fh = logging.FileHandler(text_log)
+    fh._sf_file = True  # type: ignore[attr-defined]  (removed by run_training on exit)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(fh)
     return fh
@@ -424,6 +425,10 @@ def run_training(config: dict, run_dir: str | os.PathLike) -> dict:
         return _train(cfg, run_dir, p, state, layout, dist_info)
     finally:
         from sf_mamba.train.distributed import cleanup_distributed
+
+        for handler in [h for h in log.handlers if getattr(h, "_sf_file", False)]:
+            log.removeHandler(handler)
+            handler.close()
         cleanup_distributed()
 
 
@@ -459,31 +464,7 @@ def _train(cfg: dict, run_dir: Path, p: dict, state: str, layout: dict, dist_inf
     if dist_info.distributed and tc["sync_bn"]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    # ---- run dir (only after every check passed) ----
-    if is_main:
-        p["ckpt_dir"].mkdir(parents=True, exist_ok=True)
-        if not p["config"].exists():
-            atomic_write_yaml(p["config"], cfg)
-    barrier()
-    fh = _setup_logging(p["text_log"], is_main)
-    try:
-        return _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, device, seed,
-                            num_classes, use_amp, amp_dtype, channels_last, t_start,
-                            Mixup, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy, create_optimizer_v2,
-                            create_scheduler_v2, ModelEmaV3, dispatch_clip_grad, all_reduce_sum, barrier,
-                            build_meta, utc_now)
-    finally:
-        if fh is not None:
-            log.removeHandler(fh)
-            fh.close()
-
-
-def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, device, seed, num_classes,
-                 use_amp, amp_dtype, channels_last, t_start, Mixup, LabelSmoothingCrossEntropy,
-                 SoftTargetCrossEntropy, create_optimizer_v2, create_scheduler_v2, ModelEmaV3,
-                 dispatch_clip_grad, all_reduce_sum, barrier, build_meta, utc_now) -> dict:
-    is_main = dist_info.is_main
-    tc, oc, sc, ac, mc = cfg["train"], cfg["optim"], cfg["sched"], cfg["aug"], cfg["mesa"]
+    mc = cfg["mesa"]
     root = cfg["data"]["dir"]
 
     train_ds, train_wrapped, sampler, train_loader = build_train_loader(cfg, data_cfg, root, dist_info, seed)
@@ -497,12 +478,20 @@ def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, dev
         raise ConfigError(f"train split has {len(train_ds)} images, fewer than one batch of "
                           f"train.batch_size={tc['batch_size']} x {dist_info.world_size} processes")
 
-    optimizer = create_optimizer_v2(model, opt=oc["opt"], lr=oc["lr"], weight_decay=oc["weight_decay"],
-                                    betas=tuple(oc["betas"]), eps=oc["eps"])
-    scheduler, num_epochs = create_scheduler_v2(
-        optimizer, sched=sc["name"], num_epochs=sc["epochs"], cooldown_epochs=sc["cooldown_epochs"],
-        warmup_epochs=sc["warmup_epochs"], warmup_lr=sc["warmup_lr"], min_lr=sc["min_lr"],
-        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    try:
+        optimizer = create_optimizer_v2(model, opt=oc["opt"], lr=oc["lr"], weight_decay=oc["weight_decay"],
+                                        betas=tuple(oc["betas"]), eps=oc["eps"])
+    except (ValueError, AssertionError, KeyError, TypeError) as err:
+        raise ConfigError(f"optim: cannot build optimizer {oc['opt']!r}: {err}") from err
+    try:
+        scheduler, num_epochs = create_scheduler_v2(
+            optimizer, sched=sc["name"], num_epochs=sc["epochs"], cooldown_epochs=sc["cooldown_epochs"],
+            warmup_epochs=sc["warmup_epochs"], warmup_lr=sc["warmup_lr"], min_lr=sc["min_lr"],
+            step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    except (ValueError, AssertionError, KeyError, TypeError) as err:
+        raise ConfigError(f"sched: cannot build scheduler {sc['name']!r}: {err}") from err
+    if scheduler is None:
+        raise ConfigError(f"sched.name {sc['name']!r} is not a known timm scheduler")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg["ema"]["decay"]) if cfg["ema"]["enabled"] else None
     if mc["weight"] and ema is None:
@@ -518,6 +507,14 @@ def _train_inner(cfg, run_dir, p, state, layout, dist_info, model, data_cfg, dev
         criterion = LabelSmoothingCrossEntropy(smoothing=ac["smoothing"])
     else:
         criterion = nn.CrossEntropyLoss()
+
+    # ---- run dir (only after every check passed) ----
+    if is_main:
+        p["ckpt_dir"].mkdir(parents=True, exist_ok=True)
+        if not p["config"].exists():
+            atomic_write_yaml(p["config"], cfg)
+    barrier()
+    _setup_logging(p["text_log"], is_main)
 
     train_model = model
     if dist_info.distributed:
