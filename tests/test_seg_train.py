@@ -49,7 +49,10 @@ def resumed_run(tiny_data, tmp_path_factory):
     first = _run(*common, "train_cfg.max_iters=4")
     first_metrics = json.loads((work / "metrics.json").read_text())
     second = _run(*common, "train_cfg.max_iters=6")
-    return dict(work=work, first=first, second=second, first_metrics=first_metrics,
+    stamp = (work / "metrics.json").stat().st_mtime_ns
+    third = _run(*common, "train_cfg.max_iters=6")  # same config, finished: nothing to do
+    assert (work / "metrics.json").stat().st_mtime_ns == stamp
+    return dict(work=work, first=first, second=second, third=third, first_metrics=first_metrics,
                 metrics=json.loads((work / "metrics.json").read_text()),
                 meta=json.loads((work / "meta.json").read_text()))
 
@@ -65,6 +68,31 @@ def test_auto_resume_continues_from_last_checkpoint(resumed_run):
     # the resumed optimizer/scheduler state came from the checkpoint: iteration 4's state is in it
     ck = _safe_load(work / "iter_4.pth")
     assert ck["meta"]["iter"] == 4 and "optimizer" in ck and "param_schedulers" in ck
+
+
+def test_finished_run_is_not_redone(resumed_run):
+    assert "already holds a finished run of this config" in resumed_run["third"].stdout
+    assert "Iter(" not in resumed_run["third"].stdout + resumed_run["third"].stderr
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, tiny_data, capsys):
+    from sf_mamba.cli import main
+
+    work = str(tmp_path / "w")
+    cases = [
+        (["seg-train", "--config", "nope.py", "--work-dir", work], "config file 'nope.py' not found"),
+        (["seg-train", "--config", SMOKE, "--work-dir", work, "--data-root", str(tmp_path / "none")],
+         "does not exist"),
+        (["seg-test", "--config", SMOKE, "--work-dir", work, "--checkpoint", str(tmp_path / "x.pth")],
+         "does not exist"),
+        (["seg-train", "--config", SMOKE, "--work-dir", work, "--data-root", str(tiny_data),
+          "--cfg-options", "model.backbone.embed_dims=96"], "unexpected keyword argument 'embed_dims'"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"sf_mamba {argv[0]}: error:") and message in err[-1], err
+    assert not (tmp_path / "w" / "metrics.json").exists()
 
 
 def test_metrics_and_meta_json(resumed_run):
@@ -91,7 +119,7 @@ def test_seg_test_reproduces_the_final_val(resumed_run, tmp_path, tiny_data):
          "--work-dir", str(out), "--data-root", str(tiny_data), "--no-flops")
     m = json.loads((out / "metrics.json").read_text())
     meta = json.loads((out / "meta.json").read_text())
-    assert m["kind"] == "test" and m["flops"] is None
+    assert m["kind"] == "test" and m["flops"] is None and m["iter"] == 6 and m["max_iters"] is None
     assert m["mIoU"] == pytest.approx(resumed_run["metrics"]["mIoU"], abs=1e-6)
     assert meta["checkpoint"].endswith("iter_6.pth")
 

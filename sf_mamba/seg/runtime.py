@@ -32,13 +32,31 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count in metrics.json")
 
 
+class BadInput(Exception):
+    """A user error (missing file, bad config key, wrong data layout): exit 2, one line on stderr."""
+
+
+def fail(command: str, err: BaseException) -> int:
+    import sys
+
+    print(f"sf_mamba {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def load_config(args: argparse.Namespace):
     """Config.fromfile + --cfg-options + --data-root + work_dir/launcher; imports custom modules."""
-    from sf_mamba.seg.compat import ensure_mmcv_ops
+    from sf_mamba.seg.compat import MmcvOpsUnavailable, ensure_mmcv_ops
 
-    ensure_mmcv_ops()
+    try:
+        ensure_mmcv_ops()
+    except MmcvOpsUnavailable as err:
+        raise BadInput(str(err)) from err
     from mmengine.config import Config
 
+    if not os.path.isfile(args.config):
+        raise BadInput(f"config file {args.config!r} not found")
+    if args.data_root:
+        check_data_root(args.data_root)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -47,6 +65,36 @@ def load_config(args: argparse.Namespace):
     cfg.work_dir = str(Path(args.work_dir))
     cfg.launcher = args.launcher
     return cfg
+
+
+def check_data_root(root: str) -> None:
+    """The mmseg layout ``sf_mamba seg-data`` writes (ADE20K roots are checked by mmseg itself)."""
+    if not os.path.isdir(root):
+        raise BadInput(f"data root {root!r} does not exist (build it with `sf_mamba seg-data --out {root}`)")
+
+
+def build_runner(cfg):
+    """``Runner.from_cfg``; a config the model or mmengine rejects is a BadInput."""
+    from mmengine.runner import Runner
+
+    try:
+        return Runner.from_cfg(cfg)
+    except (TypeError, ValueError, KeyError) as err:
+        raise BadInput(f"invalid config: {type(err).__name__}: {err}") from err
+
+
+def completed(work_dir: str | os.PathLike, cfg) -> dict | None:
+    """metrics.json of a finished seg-train run of this very config in ``work_dir``, else None."""
+    import json
+
+    work_dir = Path(work_dir)
+    try:
+        metrics = json.loads((work_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("kind") != "train":
+        return None
+    return metrics if metrics.get("config_sha256") == config_hash(resolved_config(cfg)) else None
 
 
 def set_data_root(cfg, root: str) -> None:
@@ -140,8 +188,7 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
         except Exception as err:  # a FLOP count must never lose a finished run
             out.update(flops=None, flops_input_shape=list(shape), flops_unit="MACs",
                        flops_error=f"{type(err).__name__}: {err}")
-    out["iter"] = int(runner.iter)
-    out["max_iters"] = int(getattr(runner.train_loop, "max_iters", 0) or 0) if kind == "train" else None
+    out["iter"], out["max_iters"] = _iters(runner, kind, (extra_meta or {}).get("checkpoint"))
     out["kind"] = kind
     out["config"] = str(Path(cfg.filename).name) if cfg.filename else None
     # every metric the evaluator returned (per-class lists are not returned by IoUMetric)
@@ -168,6 +215,24 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
     out["config_sha256"] = meta["config_sha256"]
     atomic_write_json(work_dir / "metrics.json", out)  # last: its presence means "run complete"
     return out
+
+
+def _iters(runner, kind: str, checkpoint: str | None) -> tuple[int | None, int | None]:
+    """(iteration reached, max_iters); never builds a train loop (seg-test may lack train data)."""
+    from mmengine.runner import BaseLoop
+
+    loop = runner._train_loop
+    if kind == "train" and isinstance(loop, BaseLoop):
+        return int(loop.iter), int(getattr(loop, "max_iters", 0) or 0) or None
+    if checkpoint:
+        import torch
+
+        from sf_mamba.seg.safe_load import mmengine_safe_globals
+
+        with mmengine_safe_globals():
+            meta = torch.load(checkpoint, map_location="cpu").get("meta", {})
+        return (int(meta["iter"]) if "iter" in meta else None), None
+    return None, None
 
 
 def _number(value):

@@ -5,6 +5,7 @@
 
 Writes ``DIR/meta.json`` then ``DIR/metrics.json`` (atomically), like ``seg-train``. The checkpoint is
 loaded with torch's ``weights_only`` unpickler plus the mmengine allow-list (``safe_load``).
+Exit codes as ``seg-train`` (2: bad input, one line on stderr).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import argparse
 import os
 import time
 
-from sf_mamba.seg.runtime import add_common_arguments, load_config, write_results
+from sf_mamba.seg.runtime import (BadInput, add_common_arguments, build_runner, fail, load_config,
+                                  write_results)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,18 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mmengine.runner import Runner
-
     from sf_mamba.seg.safe_load import mmengine_safe_globals
 
-    if not os.path.isfile(args.checkpoint):
-        print(f"seg-test: checkpoint {args.checkpoint!r} does not exist")
-        return 2
     started = time.time()
-    cfg = load_config(args)
-    cfg.resume = False
-    cfg.load_from = os.path.abspath(args.checkpoint)
-    runner = Runner.from_cfg(cfg)
+    try:
+        if not os.path.isfile(args.checkpoint):
+            raise BadInput(f"checkpoint {args.checkpoint!r} does not exist")
+        cfg = load_config(args)
+        cfg.resume = False
+        cfg.load_from = os.path.abspath(args.checkpoint)
+        runner = build_runner(cfg)
+    except BadInput as err:
+        return fail("seg-test", err)
     with mmengine_safe_globals():
         metrics = runner.test()
     out = write_results(cfg.work_dir, cfg, metrics, runner, kind="test", no_flops=args.no_flops,
