@@ -118,17 +118,18 @@ def plot_heatmaps(entries: list[dict], path: str | Path) -> None:
         ax.axis("off")
     for ax, e in zip(axes.flat, entries):
         mass = torch.tensor(e["mass_map"])
-        ax.imshow((mass / mass.max().clamp_min(1e-30)).numpy(), cmap="magma", vmin=0, vmax=1)
+        rel = (mass / mass.max().clamp_min(1e-30)).clamp_min(1e-6).log10()  # log scale: long-range mass is small
+        im = ax.imshow(rel.numpy(), cmap="magma", vmin=-6, vmax=0)
         qr, qc = e["query"]
         ax.add_patch(Rectangle((qc - 0.5, qr - 0.5), 1, 1, fill=False, ec="cyan", lw=1.5))
         ax.axhline(qr + 0.5, color="cyan", lw=0.6, ls="--")
         ax.set_title(f"{e['label']}\nfuture mass {100 * e['future_mass_ratio']:.1f}%", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="log10(mass / max)")
     fig.suptitle("stage-3 |grad| of the centre output token w.r.t. stage-3 input tokens\n"
                  "(cyan: query; below the dashed line and right of it on its row = later in raster order)",
                  fontsize=8)
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)

@@ -1,0 +1,57 @@
+"""Shared helpers: atomic writes never leave a truncated or temp file; provenance reads git, versions and
+Slurm ids; config hashing ignores runtime-only keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sf_mamba.utils.io import atomic_directory, atomic_torch_save, atomic_write_json, atomic_write_text
+from sf_mamba.utils.provenance import build_meta, config_hash, slurm_info
+
+
+def test_atomic_writes_replace_and_clean_up(tmp_path):
+    target = tmp_path / "sub" / "m.json"
+    atomic_write_json(target, {"b": 1, "a": [1, 2]})
+    assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}
+    atomic_write_text(target, "second")
+    assert target.read_text() == "second"
+    ck = tmp_path / "last.pth"
+    atomic_torch_save({"x": torch.ones(2)}, ck)
+    with pytest.raises(Exception):
+        atomic_torch_save({"bad": lambda: 0}, ck)       # unpicklable: the old checkpoint must survive
+    assert torch.equal(torch.load(ck, weights_only=True)["x"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["last.pth", "m.json", "sub"]
+
+
+def test_atomic_directory(tmp_path):
+    with atomic_directory(tmp_path / "ok") as d:
+        (d / "f").write_text("1")
+    assert (tmp_path / "ok" / "f").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "fail") as d:
+            (d / "f").write_text("1")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
+
+
+def test_provenance_fields(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert slurm_info()["job_id"] == "77" and slurm_info()["restart_count"] == 2
+    meta = build_meta(config={"a": 1}, seed=5)
+    assert meta["config_sha256"] == config_hash({"a": 1}) and meta["seed"] == 5
+    assert len(meta["git"]["sha"]) == 40 and isinstance(meta["git"]["dirty"], bool)
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
+    assert meta["device"]["device_name"]
+
+
+def test_train_config_hash_ignores_runtime_keys():
+    from sf_mamba.train.config import config_hash as train_hash, load_config
+
+    a = load_config("smoke")
+    b = load_config("smoke", ["data.num_workers=7", "train.progress=false", "train.cpu_threads=2"])
+    c = load_config("smoke", ["optim.lr=1e-4"])
+    assert train_hash(a) == train_hash(b) != train_hash(c)
