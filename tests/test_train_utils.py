@@ -55,3 +55,42 @@ def test_train_config_hash_ignores_runtime_keys():
     b = load_config("smoke", ["data.num_workers=7", "train.progress=false", "train.cpu_threads=2"])
     c = load_config("smoke", ["optim.lr=1e-4"])
     assert train_hash(a) == train_hash(b) != train_hash(c)
+
+
+def test_resumable_sampler_and_epoch_seeded_augmentation(tmp_path):
+    import random
+
+    from sf_mamba.data import build_digits
+    from sf_mamba.train.trainer import EpochSeededDataset, ResumableSampler
+
+    s = ResumableSampler(100, seed=3, batch_size=8)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, skip_batches=3)
+    assert list(s) == full[24:] and len(s) == 76
+    s.set_epoch(3)
+    assert list(s) != full and sorted(list(s)) == list(range(100))
+    shards = []
+    for rank in range(3):
+        r = ResumableSampler(100, seed=3, rank=rank, world_size=3, batch_size=8)
+        r.set_epoch(2)
+        shards.append(list(r))
+    assert all(len(x) == 33 for x in shards) and not set(shards[0]) & set(shards[1])
+
+    from timm.data import create_dataset, create_transform
+
+    root = tmp_path / "digits"
+    build_digits(root)
+    ds = create_dataset("", root=str(root), split="train", is_training=True)
+    ds.transform = create_transform(32, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5)
+    wrapped = EpochSeededDataset(ds, seed=0)
+    wrapped.set_epoch(1)
+    a = wrapped[5][0]
+    torch.manual_seed(123)
+    random.seed(9)
+    state = torch.get_rng_state()
+    _ = [wrapped[i] for i in (7, 3)]
+    assert torch.equal(torch.get_rng_state(), state)           # caller's RNG untouched
+    assert torch.equal(wrapped[5][0], a)                       # same (epoch, index) -> same augmentation
+    wrapped.set_epoch(2)
+    assert not torch.equal(wrapped[5][0], a)                   # new epoch -> new augmentation

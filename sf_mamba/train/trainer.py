@@ -233,6 +233,13 @@ def _posterize_compat(img, bits_to_keep, **_):
     return ImageOps.posterize(img, bits_to_keep)
 
 
+def _train_worker_init(_worker_id: int) -> None:
+    """DataLoader workers ignore the preemption signal (submitit's SIGUSR2, see the pipeline notes
+    §2.4): the main process handles it and the workers must not die first."""
+    if hasattr(signal, "SIGUSR2"):
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def install_randaugment_compat() -> None:
     from timm.data import auto_augment
 
@@ -261,7 +268,8 @@ def build_train_loader(cfg: dict, data_cfg: dict, root: str, dist_info, seed: in
         wrapped, batch_size=bs, sampler=sampler, num_workers=d["num_workers"], drop_last=True,
         pin_memory=bool(d["pin_memory"]) and torch.cuda.is_available(), persistent_workers=False,
         # own generator: creating an iterator must not draw from the global RNG (resume equality)
-        generator=torch.Generator().manual_seed(seed))
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_train_worker_init if d["num_workers"] else None)
     return ds, wrapped, sampler, loader
 
 
