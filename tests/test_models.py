@@ -137,7 +137,7 @@ def test_central_claim_uni_cannot_see_the_future_swap_can():
 def test_aux_swap_moves_tail_to_head():
     level = timm.create_model("sf_mamba_micro", **MICRO).levels[2]
     seq = torch.arange(5.0).view(1, 5, 1)
-    swapped, _ = level._swap(seq, token_at_head=False)
+    swapped, _ = level._swap(seq.clone(), token_at_head=False)
     assert swapped.flatten().tolist() == [4.0, 1.0, 2.0, 3.0, 0.0]
     level.aux_tokens = 1
     moved, at_head = level._swap(seq, token_at_head=False)
@@ -277,6 +277,16 @@ def test_forward_features_and_head_api():
 def test_bad_kwargs_raise_with_the_name(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         timm.create_model("sf_mamba_micro", **kwargs)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 4])
+def test_channel_last_depthwise_conv_matches_conv1d(kernel_size):
+    from sf_mamba.models.sf_mamba import depthwise_conv1d_same
+
+    x = torch.randn(2, 11, 6)
+    weight = torch.randn(6, 1, kernel_size)
+    expected = torch.nn.functional.conv1d(x.transpose(1, 2), weight, padding="same", groups=6)
+    torch.testing.assert_close(depthwise_conv1d_same(x, weight), expected.transpose(1, 2))
 
 
 def test_bad_inputs_raise_clear_errors():
