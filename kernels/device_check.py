@@ -305,13 +305,15 @@ def roofline_floor_s(batch, channels, length, n_state, dtype, gpu_name, sm_count
     return floor, n_bytes, n_exp
 
 
-def run_timings(device, args, deadline, log):
+def run_timings(device, args, deadline, log, rows=None):
+    """Forward timings per shape, appended to ``rows`` as they are measured (partial results survive)."""
     from sf_mamba.ops import lut
     from sf_mamba.ops.selective_scan import selective_scan
 
     gpu = torch.cuda.get_device_name(device)
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
-    rows, skipped = [], 0
+    rows = [] if rows is None else rows
+    skipped = 0
     seq_lens = [int(v) for v in args.seq_lens.split(",")]
     batches = [int(v) for v in args.batches.split(",")]
     for dtype_name in args.dtypes.split(","):
@@ -497,43 +499,67 @@ def main(argv=None):
                      "traceback": traceback.format_exc()[-2000:]}]
         report["correctness"] += rows
         log(f"{label}: {sum(r['ok'] for r in rows)}/{len(rows)} ok")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = out_dir / f"{slug(gpu)}.json"
+
+    def save():
+        """Rewrite the report after every stage, so a timeout still leaves what was measured."""
+        report["wall_s"] = round(time.monotonic() - start, 1)
+        report["all_correct"] = all(r["ok"] for r in report["correctness"])
+        tmp = out_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        os.replace(tmp, out_path)
+
+    def stage(name, fn):
+        """Run one stage; an exception is recorded (with its traceback) instead of ending the run."""
+        try:
+            return fn()
+        except Exception as err:
+            report.setdefault("errors", []).append({"stage": name, "error": f"{type(err).__name__}: {err}",
+                                                   "traceback": traceback.format_exc()[-3000:]})
+            log(f"{name} FAILED: {type(err).__name__}: {err}")
+            return None
+        finally:
+            save()
+
     if args.cpu:
         report["model"].append(check_model_cpu())
         report["correctness"].append(report["model"][-1])
         report["notes"].append("cpu mode: correctness only; no timings, no LUT")
+        save()
     else:
+        save()
         if not args.skip_lut:
             from sf_mamba.ops import lut
             lut_out = Path(args.lut_out) if args.lut_out else lut.lut_path()
-            try:
+
+            def build_lut():
                 entries = lut.measure_entries(batches=[int(b) for b in args.lut_batches.split(",")],
                                               folds=(1, 2, 4, 5, 8, 10, 16, 20),
                                               device=device, log=log, rep=args.rep_ms,
                                               deadline=start + args.lut_budget_s)
+                report["lut_entries"] = entries
                 lut.write_entries(entries, gpu, lut.build_meta("fwd", 8), lut_out)
                 os.environ[lut.LUT_PATH_ENV] = str(lut_out)  # k=LUT timings and fold='auto' read it
-                report["lut_entries"] = entries
                 report["lut_path"] = str(lut_out)
-            except Exception as err:
-                report["notes"].append(f"LUT build failed: {type(err).__name__}: {err}")
-            log(f"LUT: {len(report['lut_entries'])} entries")
-        timing_deadline = deadline - (0 if args.skip_model else 60)
-        report["timings"], skipped = run_timings(device, args, timing_deadline, log)
-        if skipped:
-            report["notes"].append(f"{skipped} timing shapes skipped for the time budget")
-        report["fwdbwd_timings"] = run_fwdbwd_timings(device, args, timing_deadline + 20)
-        report["block_d_sweep"] = run_block_d_sweep(device, args, timing_deadline + 35, log)
-        if not args.skip_model:
-            report["model"] = run_model(device, deadline, log)
-    report["wall_s"] = round(time.monotonic() - start, 1)
-    report["all_correct"] = all(r["ok"] for r in report["correctness"])
+                log(f"LUT: {len(entries)} entries -> {lut_out}")
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"{slug(gpu)}.json"
-    tmp = out_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, out_path)
+            stage("fold LUT", build_lut)
+        model_reserve = 0 if args.skip_model else 60
+
+        def timings():
+            _, skipped = run_timings(device, args, deadline - model_reserve, log, rows=report["timings"])
+            if skipped:
+                report["notes"].append(f"{skipped} timing shapes skipped for the time budget")
+
+        stage("timings", timings)
+        stage("fwd+bwd timings", lambda: report.__setitem__(
+            "fwdbwd_timings", run_fwdbwd_timings(device, args, deadline - model_reserve + 15)))
+        stage("block_d sweep", lambda: report.__setitem__(
+            "block_d_sweep", run_block_d_sweep(device, args, deadline - model_reserve + 30, log)))
+        if not args.skip_model:
+            stage("model throughput", lambda: report.__setitem__("model", run_model(device, deadline, log)))
 
     print(f"\n== {gpu}: correctness {sum(r['ok'] for r in report['correctness'])}/{len(report['correctness'])} ok")
     for r in report["correctness"]:
@@ -552,8 +578,10 @@ def main(argv=None):
               f"max {max(speedups):.2f}")
     for r in report["model"]:
         print(f"model: {r}")
+    for e in report.get("errors", []):
+        print(f"ERROR in {e['stage']}: {e['error']}")
     print(f"wrote {out_path} in {report['wall_s']} s")
-    return 0 if report["all_correct"] else 1
+    return 0 if report["all_correct"] and not report.get("errors") else 1
 
 
 if __name__ == "__main__":
