@@ -305,6 +305,30 @@ def roofline_floor_s(batch, channels, length, n_state, dtype, gpu_name, sm_count
     return floor, n_bytes, n_exp
 
 
+def graph_median_ms(fn, rep):
+    """Median ms of ``fn`` replayed from a CUDA graph (no Python/launch overhead); None if unavailable.
+
+    Stage-4 scans take single-digit microseconds, less than a Python launch: without graphs the
+    k=1 vs k=LUT ratio is compressed towards 1. ``fn`` must have run once (compiled) before.
+    """
+    import inspect
+
+    import triton.testing
+
+    bench = getattr(triton.testing, "do_bench_cudagraph", None)
+    if bench is None:
+        return None
+    params = inspect.signature(bench).parameters
+    kwargs = {"rep": rep}
+    if "return_mode" in params:
+        kwargs["return_mode"] = "median"
+    try:
+        result = bench(fn, **kwargs)
+    except Exception:
+        return None
+    return float(result[0] if isinstance(result, (list, tuple)) else result)
+
+
 def run_timings(device, args, deadline, log, rows=None):
     """Forward timings per shape, appended to ``rows`` as they are measured (partial results survive)."""
     from sf_mamba.ops import lut
@@ -343,11 +367,17 @@ def run_timings(device, args, deadline, log, rows=None):
                         t_torch = lut.median_ms(torch_call, warmup=3, rep=args.rep_ms)
                         t_k1 = lut.median_ms(triton_call(1), warmup=3, rep=args.rep_ms)
                         t_k = t_k1 if k == 1 else lut.median_ms(triton_call(k), warmup=3, rep=args.rep_ms)
+                        g_k1 = graph_median_ms(triton_call(1), args.rep_ms)
+                        g_k = g_k1 if k == 1 else graph_median_ms(triton_call(k), args.rep_ms)
                         floor, n_bytes, n_exp = roofline_floor_s(batch, channels, length, 8, dtype, gpu, sm_count)
                         row = {"dtype": dtype_name, "L": length, "batch": batch, "channels": channels,
                                "model": f"{model_size}-stage{3 if channels == widths[0] else 4}",
                                "torch_ms": round(t_torch, 5), "triton_k1_ms": round(t_k1, 5), "k_lut": k,
                                "triton_klut_ms": round(t_k, 5), "fold_speedup": round(t_k1 / t_k, 3),
+                               "graph_k1_ms": round(g_k1, 5) if g_k1 else None,
+                               "graph_klut_ms": round(g_k, 5) if g_k else None,
+                               "fold_speedup_graph": round(g_k1 / g_k, 3) if g_k1 and g_k else None,
+                               "roofline_frac_graph": round(floor * 1e3 / g_k, 3) if floor and g_k else None,
                                "bytes": n_bytes, "exp2": n_exp,
                                "GBps_klut": round(n_bytes / (t_k * 1e-3) / 1e9, 1),
                                "exp2_per_s_klut": float(f"{n_exp / (t_k * 1e-3):.4g}"),
@@ -356,7 +386,8 @@ def run_timings(device, args, deadline, log, rows=None):
                         rows.append(row)
                         log(f"{dtype_name:>8} L={length:<4} D={channels:<4} B={batch:<4} torch {t_torch:8.4f} "
                             f"k1 {t_k1:8.4f} k={k:<2} {t_k:8.4f} ms  x{t_k1 / t_k:4.2f}  "
-                            f"roof {row['roofline_frac_klut']}")
+                            f"roof {row['roofline_frac_klut']}  graph x{row['fold_speedup_graph']} "
+                            f"roof {row['roofline_frac_graph']}")
     return rows, skipped
 
 
@@ -567,12 +598,13 @@ def main(argv=None):
             print(f"   FAIL {r['check']}: {r.get('error') or r.get('worst_excess') or r.get('max_err')}")
     if report["timings"]:
         print(f"{'dtype':>8} {'L':>4} {'D':>4} {'B':>4} {'torch':>8} {'k=1':>8} {'k':>3} {'k=LUT':>8} {'x':>5} "
-              f"{'GB/s':>7} {'roof':>5}")
+              f"{'GB/s':>7} {'roof':>5} {'graph x':>7} {'roof':>5}")
         for r in report["timings"]:
             if r["batch"] == 128 or args.batches.count(",") == 0:
                 print(f"{r['dtype']:>8} {r['L']:>4} {r['channels']:>4} {r['batch']:>4} {r['torch_ms']:8.4f} "
                       f"{r['triton_k1_ms']:8.4f} {r['k_lut']:>3} {r['triton_klut_ms']:8.4f} {r['fold_speedup']:5.2f} "
-                      f"{r['GBps_klut']:7.1f} {r['roofline_frac_klut'] or float('nan'):5.2f}")
+                      f"{r['GBps_klut']:7.1f} {r['roofline_frac_klut'] or float('nan'):5.2f} "
+                      f"{r.get('fold_speedup_graph') or float('nan'):7.2f} {r.get('roofline_frac_graph') or float('nan'):5.2f}")
         speedups = [r["fold_speedup"] for r in report["timings"]]
         print(f"fold speedup (k=LUT vs k=1): geo-mean {math.exp(sum(map(math.log, speedups)) / len(speedups)):.2f}, "
               f"max {max(speedups):.2f}")
