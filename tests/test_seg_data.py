@@ -91,3 +91,7 @@ def test_cli(tmp_path, capsys):
     assert main(["seg-data", "--out", str(out), "--n-train", "2", "--n-val", "2", "--size", "40"]) == 0
     assert "all-background mIoU" in capsys.readouterr().out
     assert (out / "manifest.json").is_file() and os.path.isdir(out / "ann_dir" / "val")
+    # other parameters on an existing set: exit 2, one line, nothing touched
+    assert main(["seg-data", "--out", str(out), "--n-train", "3", "--n-val", "2", "--size", "40"]) == 2
+    assert capsys.readouterr().err.startswith("sf_mamba seg-data: error:")
+    assert len(list((out / "img_dir" / "train").glob("*.png"))) == 2

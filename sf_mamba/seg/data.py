@@ -172,8 +172,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    m = build(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
-              texture_scale=args.texture_scale, force=args.force)
+    import sys
+
+    try:
+        m = build(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
+                  texture_scale=args.texture_scale, force=args.force)
+    except (FileExistsError, ValueError) as err:
+        print(f"sf_mamba seg-data: error: {err}", file=sys.stderr)
+        return 2
     s = m["stats"]
     print(f"seg-data: {args.out}: {s['train']['images']} train / {s['val']['images']} val images, "
           f"{m['params']['size']}px, val foreground {100 * s['val']['foreground_fraction']:.1f}%, "
