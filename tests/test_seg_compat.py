@@ -47,8 +47,11 @@ def test_without_compiled_ops_upernet_runs_on_the_stub():
         del os.environ["SF_MAMBA_NO_MMCV_STUB"]
         from mmengine.config import Config
         cfg = Config.fromfile("configs/seg/smoke.py")      # custom_imports -> backbone -> stub
-        import mmcv._ext
+        import importlib.util, mmcv._ext
         assert getattr(mmcv._ext, "__sf_mamba_stub__", False)
+        importlib.util.find_spec("mmcv._ext")               # works (Runner's SyncBN check calls it)
+        from mmengine.utils.dl_utils import mmcv_full_available
+        assert not mmcv_full_available()
         from mmseg.registry import MODELS
         from mmseg.utils import register_all_modules
         register_all_modules()                              # imports mmseg.models -> mmcv.ops

@@ -15,6 +15,7 @@ Set ``SF_MAMBA_NO_MMCV_STUB=1`` to get an immediate error instead.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -81,6 +82,9 @@ def ensure_mmcv_ops(allow_stub: bool | None = None) -> str:
                   "op; any model that does will raise NotImplementedError when it calls one)",
                   RuntimeWarning, stacklevel=2)
     stub = _ExtStub("mmcv._ext")
+    # a spec without a loader: importlib.util.find_spec works, and mmengine's mmcv_full_available()
+    # (pkgutil.find_loader) correctly answers False
+    stub.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)
     sys.modules["mmcv._ext"] = stub
     setattr(importlib.import_module("mmcv"), "_ext", stub)  # as a real submodule import would
     return "stub"
