@@ -156,3 +156,7 @@ def test_render_with_no_results_still_writes_every_file(tmp_path):
         r.render(runs, tmp_path / rq, rq=rq, reference_path=REFERENCE)
         assert (tmp_path / rq / "table.md").exists()
     assert "missing" in (tmp_path / "rq1_scan/table.md").read_text()
+
+
+def test_pareto_front():
+    assert r.pareto_front([(100, 80), (200, 79), (150, 78), (100, 80.5)]) == [False, True, False, True]

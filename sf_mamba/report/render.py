@@ -70,6 +70,8 @@ def fmt(value, digits: int = 2) -> str:
     v = _num(value)
     if v is None:
         return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else str(value)
+    if v != 0 and abs(v) < 10 ** -(digits - 1):
+        return f"{v:.3g}"  # e.g. the micro model's 0.00209 GMACs, not "0.00"
     return f"{v:.{digits}f}"
 
 
@@ -363,7 +365,7 @@ def render_rq3(runs: pd.DataFrame, out: Path) -> None:
                 notes=["Δtop-1 is against the default SF-Mamba setting (experiment swap_attn: 1 learnable aux "
                        "token, discarded before attention).",
                        "Probe columns come from `sf_mamba probe` (JSON); see its documentation for their meaning."])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=len(summary) > 0)
     ax = axes[0]
     have = summary[summary["top1_mean"].notna()] if len(summary) else summary
     if len(have):
@@ -379,10 +381,10 @@ def render_rq3(runs: pd.DataFrame, out: Path) -> None:
     ax = axes[1]
     pok = _ok(probes) if len(probes) else probes
     if pcols and len(pok):
-        labels = dict(zip(summary.get("experiment", []), summary.get("label", [])))
         col = pcols[0]
-        vals = pd.to_numeric(pok[col], errors="coerce")
-        ax.barh([labels.get(e, e) for e in pok["experiment"]], vals, color="tab:orange", alpha=0.8)
+        values = dict(zip(pok["experiment"], pd.to_numeric(pok[col], errors="coerce")))
+        order = [(lab, values[e]) for e, lab in zip(summary["experiment"], summary["label"]) if e in values]
+        ax.barh([lab for lab, _ in order], [v for _, v in order], color="tab:orange", alpha=0.8)
         ax.set_xlabel(col)
         ax.grid(alpha=0.3, axis="x")
     else:
@@ -421,6 +423,17 @@ def size_table(runs: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """Non-dominated (throughput, accuracy) points: no other point is at least as fast and as
+    accurate and strictly better in one of the two."""
+    flags = []
+    for i, (t, a) in enumerate(points):
+        dominated = any((t2 >= t and a2 >= a) and (t2 > t or a2 > a)
+                        for j, (t2, a2) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
 def load_reference(path: str | os.PathLike | None) -> dict:
     if not path:
         return {"entries": [], "tolerances": {}, "sources": {}}
@@ -448,6 +461,12 @@ def render_rq4(runs: pd.DataFrame, out: Path, reference: dict) -> None:
             "top-1 (%)": _col(frame, "top1").map(lambda v: v if isinstance(v, str) else MISSING),
             "throughput (img/s)": _col(frame, "throughput").map(lambda v: fmt(v, 1)),
             "device": _col(frame, "device").map(lambda v: v if isinstance(v, str) and v else MISSING)})
+        measured = [(i, _num(t), _num(a)) for i, t, a in zip(range(len(frame)), _col(frame, "throughput"),
+                                                             _col(frame, "top1_mean"))]
+        measured = [(i, t, a) for i, t, a in measured if t is not None and a is not None]
+        front = dict(zip([i for i, _, _ in measured], pareto_front([(t, a) for _, t, a in measured])))
+        table["Pareto front"] = [("yes" if front[i] else "no") if i in front else MISSING
+                                 for i in range(len(frame))]
     del cols
     write_table(out, [("sizes", table)], TITLES["rq4_sizes"], "tab:rq4_sizes",
                 notes=["params/MACs are counted by `sf_mamba flops` at 224² (no training needed); "
@@ -496,8 +515,8 @@ def render_rq4(runs: pd.DataFrame, out: Path, reference: dict) -> None:
             if r["source"] not in wide.dropna(subset=["top1"])["source"].unique() and len(acc):
                 ax.plot([r["value"]], [acc.iloc[0]], marker="D", mfc="white", color="tab:red", ls="")
                 ax.annotate(f"{r['key'].split('_')[-1].upper()} as quoted ({r['source']})",
-                            (r["value"], acc.iloc[0]), textcoords="offset points", xytext=(4, -10), fontsize=7,
-                            color="tab:red")
+                            (r["value"], acc.iloc[0]), textcoords="offset points", xytext=(-6, 6), fontsize=7,
+                            color="tab:red", ha="right")
         if plotted:
             ax.set_xlabel("throughput (img/s, A100, as published)")
             ax.set_ylabel("top-1 (%)")
