@@ -178,6 +178,26 @@ def test_loads_imagenet_checkpoint_from_our_trainer(tmp_path, wrap, mmlog):
     assert not [r for r in mmlog.records if r.levelno >= logging.WARNING]
 
 
+def test_sf_mamba_train_checkpoint_model_or_ema(tmp_path):
+    """The layout `sf_mamba train` writes: model + EMA (`module.` keys) + optimizer/rng tensors."""
+    sd, ema = _classifier_state_dict(0), _classifier_state_dict(1)
+    ckpt = {"version": 1, "config_sha256": "0" * 64, "model_name": ARCH, "num_classes": 1000,
+            "model_kwargs": {}, "model": sd, "ema": {f"module.{k}": v for k, v in ema.items()},
+            "optimizer": {"state": {}, "param_groups": []}, "epoch": 2, "global_step": 10,
+            "rng": [{"torch": torch.get_rng_state(), "python_gauss": None}], "saved_utc": "now"}
+    path = tmp_path / "last.pth"
+    torch.save(ckpt, path)
+    for key, ref in ((None, sd), ("ema", ema)):
+        bb = SFMambaBackbone(arch=ARCH, pretrained=str(path), pretrained_key=key)
+        bb.init_weights()
+        assert bb.load_report["missing"] == [] and bb.load_report["unexpected"] == []
+        w = "model.levels.2.blocks.0.mixer.in_proj.weight"
+        assert torch.equal(bb.body.state_dict()[w], ref[w[len("model."):]])
+    torch.save({**ckpt, "ema": None}, path)
+    with pytest.raises(KeyError, match="without EMA"):
+        SFMambaBackbone(arch=ARCH, pretrained=str(path), pretrained_key="ema").init_weights()
+
+
 def test_missing_and_unexpected_keys_are_reported_loudly(tmp_path, mmlog):
     sd = _classifier_state_dict()
     dropped = [k for k in sd if "levels.3" in k][:2]

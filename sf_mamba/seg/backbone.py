@@ -49,7 +49,7 @@ def _log(msg: str, level: int = logging.INFO) -> None:
 
 
 def extract_state_dict(ckpt: Any, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Return the flat ``name -> tensor`` dict inside a checkpoint, with ``module.`` prefixes removed.
+    """Return the flat ``name -> tensor`` dict inside a checkpoint, ``module.``/``_orig_mod.`` removed.
 
     ``key`` picks the wrapper entry explicitly (e.g. ``'ema'``); otherwise the first of
     :data:`STATE_DICT_KEYS` present is used, or the checkpoint itself if it is already flat.
@@ -71,12 +71,20 @@ def extract_state_dict(ckpt: Any, key: str | None = None) -> dict[str, torch.Ten
     # An EMA wrapper may nest once more (timm ModelEmaV2/V3 keep `module.`; some keep a 'state_dict').
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise KeyError(f"checkpoint entry {key!r} holds no state_dict ({type(sd).__name__}); "
+                       "e.g. 'ema' is None when the run trained without EMA")
     out = {}
     for name, value in sd.items():
         if not isinstance(value, torch.Tensor):
             continue
-        while name.startswith("module."):
-            name = name[len("module."):]
+        # DDP (`module.`) and torch.compile (`_orig_mod.`) wrappers
+        changed = True
+        while changed:
+            changed = False
+            for prefix in ("module.", "_orig_mod."):
+                if name.startswith(prefix):
+                    name, changed = name[len(prefix):], True
         out[name] = value
     return out
 
