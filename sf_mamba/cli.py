@@ -32,12 +32,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def build_parser(available_only: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sf_mamba", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in SUBCOMMANDS.items():
-        if available_only and importlib.util.find_spec(module) is None:
+        if available_only and not _importable(module):
             continue
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
