@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,8 @@ def test_registered_through_custom_imports():
     from mmengine.config import Config
     from mmseg.registry import MODELS
 
-    cfg = Config.fromfile("configs/seg/smoke.py")  # imports sf_mamba.seg.backbone via custom_imports
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "seg" / "smoke.py"
+    cfg = Config.fromfile(str(smoke))  # imports sf_mamba.seg.backbone via custom_imports
     assert cfg.custom_imports["imports"] == ["sf_mamba.seg.backbone"]
     assert cfg.custom_imports["allow_failed_imports"] is False
     assert MODELS.get("SFMambaBackbone") is SFMambaBackbone
