@@ -95,7 +95,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tiny_data, capsys):
     assert not (tmp_path / "w" / "metrics.json").exists()
 
 
-def test_metrics_and_meta_json(resumed_run):
+def test_metrics_and_meta_json(resumed_run, tiny_data):
     m, meta = resumed_run["metrics"], resumed_run["meta"]
     for key in ("mIoU", "mAcc", "aAcc"):
         assert isinstance(m[key], float) and 0.0 <= m[key] <= 100.0
@@ -109,6 +109,8 @@ def test_metrics_and_meta_json(resumed_run):
     assert meta["device"]["device_name"]
     resolved = json.loads((resumed_run["work"] / "config.json").read_text())
     assert resolved["model"]["backbone"]["arch"] == "sf_mamba_micro" and "work_dir" not in resolved
+    assert resolved["data_root"] == str(tiny_data)
+    assert resolved["val_dataloader"]["dataset"]["data_root"] == str(tiny_data)
     # no temp files left next to the results
     assert not [p for p in resumed_run["work"].iterdir() if p.name.startswith(".")]
 

@@ -98,6 +98,8 @@ def completed(work_dir: str | os.PathLike, cfg) -> dict | None:
 
 
 def set_data_root(cfg, root: str) -> None:
+    if "data_root" in cfg:
+        cfg.data_root = str(root)  # the parse-time variable too, so config.json tells one story
     for key in _DATALOADERS:
         loader = cfg.get(key)
         if loader is None:
