@@ -159,28 +159,55 @@ def max_job_id() -> int:
     return max(ids)
 
 
+def queued_jobs() -> dict[int, str]:
+    """{job id: work dir} of every job still in the queue."""
+    out = _run(["squeue", "-h", "-o", "%A|%Z"], timeout=15, check=False).stdout
+    jobs = {}
+    for line in out.splitlines():
+        jid, _, wd = line.partition("|")
+        if jid.strip().isdigit():
+            jobs[int(jid)] = wd.strip()
+    return jobs
+
+
 def queued_job_ids() -> list[int]:
-    out = _run(["squeue", "-h", "-o", "%A"], timeout=15, check=False).stdout.split()
-    return [int(t) for t in out if t.isdigit()]
+    return sorted(queued_jobs())
+
+
+def _under(path: str, root: Path | None) -> bool:
+    if root is None:
+        return True
+    root_s = str(root).rstrip("/")
+    return path == root_s or path.startswith(root_s + "/")
 
 
 @pytest.fixture
-def slurm_jobs(slurm_cluster):
-    """Yields a set to which tests may add job ids; on teardown cancels every job submitted during
-    the test (any id above the high-water mark taken before it) that is still queued or running."""
+def slurm_jobs(slurm_cluster, tmp_path):
+    """Yields a set to which tests add the ids they submit. On teardown, cancels every job of this
+    test still queued or running: the ids added, and any newer job whose working directory is under
+    the test's ``tmp_path`` (snakemake/launcher submissions). Other users' jobs, and concurrent test
+    processes' jobs, are left alone."""
     before = max_job_id()
     mine: set[int] = set()
     yield mine
-    leftovers = [j for j in queued_job_ids() if j > before or j in mine]
+    leftovers = [j for j, wd in queued_jobs().items() if j in mine or (j > before and _under(wd, tmp_path))]
     if leftovers:
         subprocess.run(["scancel", *map(str, leftovers)], capture_output=True, timeout=30)
         wait_until(lambda: not set(leftovers) & set(queued_job_ids()), timeout=30, what="scancel")
 
 
-def job_ids_since(before: int) -> list[int]:
-    out = _run(["sacct", "-n", "-X", "-a", "-P", "-o", "JobIDRaw", "-S", "now-2days"], timeout=15, check=False).stdout
-    ids = {int(t) for t in out.split() if t.isdigit()} | set(queued_job_ids())
-    return sorted(i for i in ids if i > before)
+def job_ids_since(before: int, under: Path | None = None) -> list[int]:
+    """Ids above ``before`` (accounting and queue), optionally only those whose working directory is
+    under ``under`` (so that concurrent test processes do not see each other's jobs)."""
+    out = _run(["sacct", "-n", "-X", "-a", "-P", "-o", "JobIDRaw,WorkDir", "-S", "now-2days"], timeout=15,
+               check=False).stdout
+    ids = set()
+    for line in out.splitlines():
+        jid, _, wd = line.partition("|")
+        if jid.isdigit() and int(jid) > before and _under(wd, under):
+            ids.add(int(jid))
+    ids |= {j for j, wd in queued_jobs().items() if j > before and _under(wd, under)}
+    return sorted(ids)
 
 
 def sacct_job(job_id: int | str, fields: str = "JobIDRaw,JobName,State,ExitCode,AllocTRES,Account,Partition,NodeList",

@@ -169,7 +169,7 @@ def test_killed_launcher_is_replaced_by_one_that_reattaches(slurm_cluster, slurm
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
     assert (f"reattaching to Slurm job {job_id}" in out) or ("already exists: nothing to run" in out), out[-3000:]
-    assert job_ids_since(before) == [int(job_id)], "a duplicate job was submitted"
+    assert job_ids_since(before, under=tmp_path) == [int(job_id)], "a duplicate job was submitted"
     assert json.loads((run_dir / "launch.json").read_text())["submissions"] == 1
     assert (run_dir / "metrics.json").is_file()
 

@@ -126,9 +126,9 @@ def _stable(row: dict) -> dict:
     return {k: v for k, v in row.items() if not any(tag in k.lower() for tag in VOLATILE)}
 
 
-def _sacct_since(before: int) -> list[dict]:
+def _sacct_since(before: int, under: Path) -> list[dict]:
     rows = []
-    for jid in job_ids_since(before):
+    for jid in job_ids_since(before, under=under):
         rows += sacct_job(jid, "JobIDRaw,JobName,Comment%80,State,AllocTRES,Partition,Account")
     return rows
 
@@ -146,7 +146,7 @@ def smoke_runs(tmp_path_factory, profiles, digits_data, slurm_cluster):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     slurm = _run(_snakemake("slurm", wd_slurm, TARGET), env, timeout=400)
     local_out, _ = local.communicate(timeout=400)
-    jobs = _sacct_since(before)
+    jobs = _sacct_since(before, under=wd_slurm)
     yield {"slurm": slurm, "wd_slurm": wd_slurm, "local_rc": local.returncode, "local_out": local_out,
            "wd_local": wd_local, "jobs": jobs}
     leftovers = [int(j["JobIDRaw"]) for j in jobs if j["State"] in ("PENDING", "RUNNING", "REQUEUED")]
@@ -216,7 +216,7 @@ def test_killed_snakemake_is_replaced_by_one_that_reattaches(profiles, digits_da
     assert second.returncode == 0, out[-5000:]
     log = (wd / f"logs/train/{EXPERIMENT}/seed0.log").read_text()
     assert f"reattaching to Slurm job {job_id}" in log or "nothing to run" in log, log[-3000:]
-    assert job_ids_since(before) == [int(job_id)], "a duplicate training job was submitted"
+    assert job_ids_since(before, under=wd) == [int(job_id)], "a duplicate training job was submitted"
     assert (wd / TRAIN_OUT).is_file()
 
 
@@ -233,11 +233,11 @@ def test_failing_job_is_reported_with_its_log_and_nothing_downstream_runs(profil
     # --retries 0: the profile retries short jobs once; one failure is enough to check the report
     proc = _run(_snakemake("slurm", wd, TARGET, "--retries", "0"), profiles["env"], timeout=400)
     out = proc.stdout + proc.stderr
-    for jid in job_ids_since(before):
+    for jid in job_ids_since(before, under=wd):
         slurm_jobs.add(jid)
     assert proc.returncode != 0, out[-5000:]
     assert "Error in rule bench" in out, out[-5000:]
-    bench_jobs = [j for j in _sacct_since(before) if "bench" in j["Comment"]]
+    bench_jobs = [j for j in _sacct_since(before, under=wd) if "bench" in j["Comment"]]
     assert bench_jobs and bench_jobs[0]["State"] == "FAILED", bench_jobs
     jid = bench_jobs[0]["JobIDRaw"]
     assert f"SLURM-job '{jid}' failed" in out, out[-5000:]
