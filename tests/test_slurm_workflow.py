@@ -248,3 +248,38 @@ def test_failing_job_is_reported_with_its_log_and_nothing_downstream_runs(profil
     # downstream of the failure: no gathered table, and gather never started
     assert not (wd / TARGET).exists()
     assert "rule gather:" not in out and "localrule gather:" not in out, out[-5000:]
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "snakemake-executor-plugin-slurm 2.8.0: sacct reports a cancelled job as 'CANCELLED by <uid>', the "
+    "plugin compares the state string exactly against 'CANCELLED', so the job counts as running forever "
+    "and snakemake never ends (the old Snakemake-Profiles/slurm fixed the same bug in its PR #22). "
+    "strict: this starts failing when the plugin is fixed; then drop the marker."))
+def test_job_cancelled_on_the_cluster_is_reported_not_waited_on(slurm_cluster, slurm_jobs, tmp_path):
+    """An admin or user `scancel`s a running job: snakemake must report it failed and end."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "Snakefile").write_text('rule long:\n    output: "done.txt"\n    shell: "sleep 300; touch {output}"\n')
+    cmd = [sys.executable, "-m", "snakemake", "--executor", "slurm", "--jobs", "1", "--directory", str(wd),
+           "--snakefile", str(wd / "Snakefile"), "--slurm-init-seconds-before-status-checks", "1",
+           "--default-resources", f"slurm_partition={slurm_cluster.partition}", "runtime=10", "mem_mb=100"]
+    if slurm_cluster.account:
+        cmd.append(f"slurm_account={slurm_cluster.account}")
+    proc = subprocess.Popen(cmd, cwd=wd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        job_id = wait_until(lambda: next(iter(job_ids_since(0, under=wd)), None), timeout=60, what="the submission")
+        slurm_jobs.add(job_id)
+        wait_until(lambda: job_state(job_id) == "RUNNING", timeout=60, what=f"job {job_id} to run")
+        subprocess.run(["scancel", str(job_id)], check=True, timeout=30)
+        # the plugin polls 1 s after submission, then every 11, 21, 31 ... s: 45 s covers two polls
+        out, _ = proc.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("snakemake still waits for a job that was cancelled on the cluster")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and f"SLURM-job '{job_id}' failed" in out, out[-3000:]
