@@ -230,16 +230,23 @@ def render_rq1(runs: pd.DataFrame, out: Path) -> None:
             ax.errorbar(r["throughput"], r["top1_mean"], yerr=err, fmt=marker, ms=7,
                         color=colors.get(r["scan"], "k"), mfc=colors.get(r["scan"], "k") if attn else "white",
                         capsize=3)
-            ax.annotate(r["label"] + ("" if attn else " (no attn)"), (r["throughput"], r["top1_mean"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if pts["throughput"].max() > 3 * pts["throughput"].min():
+            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"throughput (img/s, {_first_str(pts['device']) or 'device unknown'})")
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
         from matplotlib.lines import Line2D
-        handles = [Line2D([], [], marker="o", ls="", color="0.3", label="with attention"),
-                   Line2D([], [], marker="^", ls="", color="0.3", mfc="white", label="without attention"),
-                   Line2D([], [], marker="s", ls="", color="0.3", label="param-matched")]
-        ax.legend(handles=handles, fontsize=8, loc="best")
+        # colour = scan design, marker = attention / parameter matching (labels would overlap)
+        handles = [Line2D([], [], marker="o", ls="", color=colors[sc], label=sc)
+                   for sc in colors if sc in set(pts["scan"])]
+        handles += [Line2D([], [], marker="o", ls="", color="0.3", label="with attention"),
+                    Line2D([], [], marker="^", ls="", color="0.3", mfc="white", label="without attention"),
+                    Line2D([], [], marker="s", ls="", color="0.3", label="param-matched")]
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("RQ1: accuracy vs throughput per scan design", fontsize=10)
     save_figure(fig, out, "accuracy_throughput")
 
