@@ -328,13 +328,38 @@ def train_command(wildcards, input, params, threads, log):
     )
 
 
+def seg_pretrain_input(wildcards):
+    """The ImageNet run a segmentation experiment starts from (its declared metrics.json)."""
+    spec = SEG[wildcards.experiment]
+    if not spec.get("pretrain"):
+        return []
+    if spec["pretrain"] not in EXPERIMENTS:
+        raise WorkflowError(f"rq5_seg experiment {wildcards.experiment!r}: pretrain "
+                            f"{spec['pretrain']!r} is not an experiment of {config['experiments']}")
+    return [train_metrics(spec["pretrain"], spec["pretrain_seed"])]
+
+
+def pretrained_checkpoint(metrics_path):
+    """checkpoints/last.pth of a finished run, found through the launcher's launch.json.
+
+    Read at run time, not in params: where a checkpoint lives is not part of the experiment."""
+    record = json.load(open(os.path.join(os.path.dirname(metrics_path), "launch.json")))
+    path = os.path.join(record["work_dir"], "checkpoints", "last.pth")
+    if not os.path.exists(path):
+        raise WorkflowError(f"pretraining checkpoint {path} is missing (run of {metrics_path})")
+    return path
+
+
 def seg_command(wildcards, input, params, threads, log):
     flags = launch_flags(config["rq5_seg"]["resources"])
+    options = params.options
+    if input.pretrain:
+        options += f" model.backbone.pretrained={pretrained_checkpoint(input.pretrain[0])}"
     return shell_literal(
         f"{thread_env(threads)}sf_mamba launch {flags} --run-dir {params.run_dir}"
         f" --hash-file {input.cfg} --job-name seg_{wildcards.experiment}_s{wildcards.seed}"
         f" -- seg-train --config {input.cfg} --work-dir '{{work_dir}}' {params.data_root}"
-        f" --cfg-options {params.options} > {log} 2>&1"
+        f" --cfg-options {options} > {log} 2>&1"
     )
 
 

@@ -6,6 +6,7 @@ rule seg_train:
     input:
         cfg=lambda wc: SEG[wc.experiment]["config"],
         data=seg_data_input,
+        pretrain=seg_pretrain_input,
     output:
         seg_metrics("{experiment}", "{seed}"),
     params:
