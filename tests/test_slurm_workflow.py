@@ -278,8 +278,9 @@ def test_job_cancelled_on_the_cluster_is_reported_not_waited_on(slurm_cluster, s
         slurm_jobs.add(job_id)
         wait_until(lambda: job_state(job_id) == "RUNNING", timeout=60, what=f"job {job_id} to run")
         subprocess.run(["scancel", str(job_id)], check=True, timeout=30)
-        # the plugin polls 1 s after submission, then every 11, 21, 31 ... s: 45 s covers two polls
-        out, _ = proc.communicate(timeout=45)
+        # the plugin polls 1, 12, 33, 64 ... s after submission; the cancel lands a few seconds in,
+        # so 40 s covers the polls at 12 s and 33 s
+        out, _ = proc.communicate(timeout=40)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
