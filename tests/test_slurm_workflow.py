@@ -271,10 +271,12 @@ def test_job_cancelled_on_the_cluster_is_reported_not_waited_on(slurm_cluster, s
            "--default-resources", f"slurm_partition={slurm_cluster.partition}", "runtime=10", "mem_mb=100"]
     if slurm_cluster.account:
         cmd.append(f"slurm_account={slurm_cluster.account}")
+    before = max_job_id()  # (a fixed --basetemp reuses work dir paths between runs)
     proc = subprocess.Popen(cmd, cwd=wd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        job_id = wait_until(lambda: next(iter(job_ids_since(0, under=wd)), None), timeout=60, what="the submission")
+        job_id = wait_until(lambda: next(iter(job_ids_since(before, under=wd)), None), timeout=60,
+                            what="the submission")
         slurm_jobs.add(job_id)
         wait_until(lambda: job_state(job_id) == "RUNNING", timeout=60, what=f"job {job_id} to run")
         subprocess.run(["scancel", str(job_id)], check=True, timeout=30)
