@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 import shutil
 import tempfile
 from pathlib import Path
@@ -83,7 +85,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     fd, tmp = _tmp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with _signals_deferred(), os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -94,6 +96,39 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+# Slurm's pre-timeout/preemption signals (submitit: USR2 by default) and SIGTERM.
+_DEFERRED_SIGNALS = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold requeue signals' Python handlers until the block ends (main thread only).
+
+    submitit's handler requeues the job and exits the process wherever it is; inside torch.save the
+    zip writer's cleanup turns that exit into a RuntimeError, so a job Slurm has requeued would
+    record an error. Here the handlers are swapped for a recorder and the recorded signals are
+    handed to the real handlers after the write, which then see a complete checkpoint. (Blocking
+    with pthread_sigmask would not do: torch's worker threads would still take the signal.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list = []
+    previous = {}
+    for sig in _DEFERRED_SIGNALS:
+        handler = signal.getsignal(sig)
+        if callable(handler):  # default/ignore dispositions are left alone
+            previous[sig] = handler
+            signal.signal(sig, lambda signum, frame: pending.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum, frame in pending:
+            previous[signum](signum, frame)
 
 
 @contextlib.contextmanager
