@@ -84,17 +84,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     fd, tmp = _tmp_sibling(path)
-    try:
-        with _signals_deferred(), os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with _signals_deferred():  # a requeue handler then finds the new checkpoint in place
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
     return path
 
 
