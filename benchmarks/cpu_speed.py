@@ -2,7 +2,8 @@
 
 Measures side by side, in one run, interleaved so that machine load hits every model alike:
   * img/s at 224 px, eval mode, inference_mode, of sf_mamba_t (swap and uni) and timm's convnext_tiny;
-  * the fast PyTorch scan ('torch' backend) vs the sequential reference on sf_mamba_t's shapes.
+  * the fast PyTorch scan ('torch' backend) vs the sequential reference on sf_mamba_t's shapes,
+    forward (inference) and forward+backward (training).
 Prints a table and the ratios; ``--json PATH`` also writes them. Not a test: timings are never asserted.
 
     python benchmarks/cpu_speed.py [--batch 8] [--rounds 5] [--threads N] [--json results/cpu_speed.json]
@@ -51,21 +52,25 @@ def model_throughput(names_kwargs: dict, batch: int, rounds: int) -> dict[str, f
 
 
 def scan_speed(batch: int, repeats: int) -> list[dict]:
-    """Fast vs reference scan on sf_mamba_t's stage-3/4 shapes (SSM width = half the stage width)."""
+    """Fast vs reference scan on sf_mamba_t's stage-3/4 shapes (SSM width = half the stage width),
+    forward only (inference) and forward+backward (training)."""
     rows = []
     for stage, channels, length in (("stage3", 160, 196 + 2), ("stage4", 320, 49 + 2)):
         g = torch.Generator().manual_seed(0)
-        u = torch.randn(batch, channels, length, generator=g)
-        delta = torch.randn(batch, channels, length, generator=g) * 0.5
-        A = -torch.rand(channels, 8, generator=g) * 4
-        B = torch.randn(batch, 8, length, generator=g)
-        C = torch.randn(batch, 8, length, generator=g)
-        args = (u, delta, A, B, C, torch.ones(channels))
-        with torch.inference_mode():
-            t_ref = time_call(lambda: selective_scan(*args, backend="reference"), repeats)
-            t_fast = time_call(lambda: selective_scan(*args, backend="torch"), repeats)
-        rows.append(dict(shape=f"{stage} B={batch} D={channels} L={length} N=8", reference_ms=1e3 * t_ref,
-                         torch_ms=1e3 * t_fast, speedup=t_ref / t_fast))
+        inputs = dict(u=torch.randn(batch, channels, length, generator=g),
+                      delta=torch.randn(batch, channels, length, generator=g) * 0.5,
+                      A=-torch.rand(channels, 8, generator=g) * 4, B=torch.randn(batch, 8, length, generator=g),
+                      C=torch.randn(batch, 8, length, generator=g), D=torch.ones(channels))
+        row = dict(shape=f"{stage} B={batch} D={channels} L={length} N=8")
+        for backend in ("reference", "torch"):
+            with torch.inference_mode():
+                row[f"{backend}_fwd_ms"] = 1e3 * time_call(lambda: selective_scan(**inputs, backend=backend), repeats)
+            leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+            row[f"{backend}_fwd_bwd_ms"] = 1e3 * time_call(
+                lambda: selective_scan(**leaves, backend=backend).sum().backward(), max(1, repeats // 2))
+        row["speedup_fwd"] = row["reference_fwd_ms"] / row["torch_fwd_ms"]
+        row["speedup_fwd_bwd"] = row["reference_fwd_bwd_ms"] / row["torch_fwd_bwd_ms"]
+        rows.append(row)
     return rows
 
 
@@ -92,9 +97,11 @@ def main() -> int:
     print(f"{'model':<20} {'img/s':>8} {'vs convnext_tiny':>17}")
     for label, value in throughput.items():
         print(f"{label:<20} {value:8.2f} {value / base:16.2f}x")
-    print(f"{'scan shape':<40} {'reference ms':>13} {'torch ms':>9} {'speedup':>8}")
+    print(f"{'scan shape':<32} {'ref fwd':>8} {'fast fwd':>9} {'ratio':>6} {'ref fwd+bwd':>12} {'fast fwd+bwd':>13} {'ratio':>6}  (ms)")
     for row in scans:
-        print(f"{row['shape']:<40} {row['reference_ms']:13.1f} {row['torch_ms']:9.1f} {row['speedup']:7.1f}x")
+        print(f"{row['shape']:<32} {row['reference_fwd_ms']:8.1f} {row['torch_fwd_ms']:9.1f} "
+              f"{row['speedup_fwd']:5.1f}x {row['reference_fwd_bwd_ms']:12.1f} {row['torch_fwd_bwd_ms']:13.1f} "
+              f"{row['speedup_fwd_bwd']:5.1f}x")
     if args.json:
         result = dict(machine=platform.machine(), processor=platform.processor(), cpu_count=os.cpu_count(),
                       threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
