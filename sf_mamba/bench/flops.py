@@ -2,22 +2,22 @@
 
 Two numbers, never mixed:
 
-- ``macs`` — **MambaVision's "FLOPs" column** (ptflops-style multiply-accumulates of convs, linears and
-  attention matmuls; the selective scan is *not* included). Measured with
-  ``torch.utils.flop_counter.FlopCounterMode`` (which counts matmul/conv/SDPA FLOPs = 2 × MACs), so
-  ``macs = counted_flops / 2``. attention (``F.scaled_dot_product_attention``) is counted analytically
-  from its shapes whatever kernel runs (torch's counter misses CPU's fused kernel). Element-wise
-  ops, norms, activations and the scan are not counted. While counting, every ``selective_scan`` call
-  made by the model runs with the counter suspended, so matmuls *inside* a chunked scan backend do
-  not leak into ``macs``.
+- ``macs`` — **MambaVision's "FLOPs" column**: ptflops-style multiply-accumulates of the convs and
+  linear layers. ptflops hooks modules, so MambaVision's functional ``scaled_dot_product_attention``
+  calls and the selective scan are not in it; neither are they here (MambaVision-T at 224: 4.46 G
+  vs the published 4.4 G). Measured with ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 ×
+  MACs). Element-wise ops, norms and activations are not counted. While counting, every
+  ``selective_scan`` call runs with the counter suspended, so matmuls inside a scan backend do not
+  leak into ``macs``.
 - ``scan_flops`` — the selective scan, counted analytically as **9·L·D·N FLOPs per scan call**
   (the Mamba authors' estimate; B = batch rows, D = scanned channels, L = tokens per sequence,
   N = state size: 9·B·L·D·N in total), from the shapes of each call. Multi-directional scans count one
   call per direction.
 
-``attention_macs`` is the SDPA part of ``macs``; ``macs_without_attention`` is what a module-hook
-counter that misses functional ``scaled_dot_product_attention`` calls reports (for MambaVision-T at 224:
-4.46 G, the number quoted in the research notes; ``macs`` is 4.56 G). ``macs_with_scan = macs + scan_flops / 2`` is given for convenience (scan FLOPs expressed as MACs).
+``attention_macs`` counts the attention matmuls (QKᵀ and AV) analytically from their shapes, whatever
+kernel runs (torch's counter misses CPU's fused kernel); ``macs_with_attention = macs +
+attention_macs`` is the complete matmul count (4.56 G for MambaVision-T). ``macs_with_scan = macs +
+scan_flops / 2`` expresses the scan in MACs for convenience. Every value is labelled in the output.
 All numbers are per image (batch 1) unless ``--batch`` is given.
 """
 
@@ -33,8 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CONVENTION = ("macs: FlopCounterMode matmul/conv/attention FLOPs / 2 (MambaVision/ptflops convention, scan "
-              "excluded); scan_flops: 9*B*L*D*N per selective_scan call (FLOPs, not MACs)")
+CONVENTION = ("macs: conv/linear MACs (MambaVision/ptflops convention: functional attention and the scan "
+              "excluded); attention_macs: QK^T and AV MACs, analytic; macs_with_attention = macs + "
+              "attention_macs; scan_flops: 9*B*L*D*N per selective_scan call (FLOPs, not MACs)")
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -133,8 +134,9 @@ def count_flops(model: nn.Module, input_size: tuple = (3, 224, 224), batch: int 
     counted = int(counter.get_total_flops()) + attn
     params = sum(p.numel() for p in model.parameters())
     return {
-        "macs": counted // 2, "attention_macs": attn // 2, "macs_without_attention": (counted - attn) // 2, "counted_flops": counted, "scan_flops": int(scan["flops"]),
-        "scan_calls": int(scan["calls"]), "macs_with_scan": counted // 2 + int(scan["flops"]) // 2,
+        "macs": (counted - attn) // 2, "attention_macs": attn // 2, "macs_with_attention": counted // 2,
+        "counted_flops": counted, "scan_flops": int(scan["flops"]), "scan_calls": int(scan["calls"]),
+        "macs_with_scan": (counted - attn) // 2 + int(scan["flops"]) // 2,
         "params": params, "batch": batch, "input_size": list(input_size), "by_op_flops": by_op,
         "convention": CONVENTION,
     }
