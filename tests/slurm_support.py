@@ -294,38 +294,10 @@ def _atomic_write_json(path: Path, obj) -> None:
 
 
 def install_requeue_guard() -> None:
-    """Call at the start of a submitit job: makes submitit's requeue-on-signal path race-free.
+    """The launcher's guard (``sf_mamba.launch.submit.install_requeue_guard``), used by StepTask too."""
+    from sf_mamba.launch.submit import install_requeue_guard as guard
 
-    On the timeout/preemption signal submitit's handler checkpoints, runs ``scontrol requeue <own
-    job id>`` *from inside the job* and then ``sys.exit(-1)``. The requeue kills every process of the
-    job, that ``scontrol`` included; when the kill wins the race (seen on this 2-core CI machine
-    under load, possible on any cluster), ``check_call`` raises ``CalledProcessError(-15)`` inside the
-    handler, the job records an *error* result, and the waiting driver reports a failure although
-    Slurm has requeued the job and will finish it. A requeue command killed by a signal means the
-    requeue happened: exit exactly as submitit does after a successful one.
-    (The same guard belongs in ``sf_mamba.launch.submit.CliJob``; see docs/slurm-ci.md.)
-    """
-    import signal
-
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}")
-    previous = signal.getsignal(sig)
-    if not callable(previous) or getattr(previous, "_sf_mamba_requeue_guard", False):
-        return
-
-    def handler(signum, frame):
-        try:
-            previous(signum, frame)
-        except subprocess.CalledProcessError as err:
-            cmd = list(err.cmd) if isinstance(err.cmd, (list, tuple)) else str(err.cmd).split()
-            if "requeue" in cmd and err.returncode < 0:
-                print(f"requeue command {cmd} was killed by the requeue itself (signal {-err.returncode}): "
-                      "the job is requeued; exiting", file=sys.stderr, flush=True)
-                sys.exit(-1)
-            raise
-
-    handler._sf_mamba_requeue_guard = True
-    signal.signal(sig, handler)
+    guard()
 
 
 class StepTask(_Checkpointable):

@@ -54,7 +54,51 @@ class LaunchError(RuntimeError):
 def _run_cli(argv: list[str]) -> int:
     from sf_mamba.cli import main as cli_main
 
-    return cli_main(argv)
+    try:
+        return cli_main(argv)
+    except BaseException as err:
+        # submitit's requeue handler ends the job with SystemExit; cleanup code on the way up (a
+        # zip writer, a DataLoader) can replace it with another error. The exit is what happened.
+        cause = err
+        while cause is not None:
+            if isinstance(cause, SystemExit):
+                raise cause from None
+            cause = cause.__context__
+        raise
+
+
+def install_requeue_guard() -> None:
+    """Make submitit's requeue-on-signal path race-free; call at the start of a job.
+
+    On the timeout/preemption signal submitit's handler checkpoints, runs ``scontrol requeue <own
+    job id>`` *from inside the job*, then exits. The requeue kills every process of the job, that
+    ``scontrol`` included; when the kill wins the race, ``check_call`` raises
+    ``CalledProcessError`` with a negative status inside the handler and the job records an error
+    although Slurm has requeued it. A requeue command killed by a signal means the requeue
+    happened: exit as submitit does after a successful one.
+    """
+    import signal
+    import subprocess
+
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}")
+    previous = signal.getsignal(sig)
+    if not callable(previous) or getattr(previous, "_sf_mamba_requeue_guard", False):
+        return
+
+    def handler(signum, frame):
+        try:
+            previous(signum, frame)
+        except subprocess.CalledProcessError as err:
+            cmd = list(err.cmd) if isinstance(err.cmd, (list, tuple)) else str(err.cmd).split()
+            if "requeue" in cmd and err.returncode < 0:
+                print(f"requeue command {cmd} was killed by the requeue itself (signal "
+                      f"{-err.returncode}): the job is requeued; exiting", file=sys.stderr, flush=True)
+                sys.exit(-1)
+            raise
+
+    handler._sf_mamba_requeue_guard = True
+    signal.signal(sig, handler)
 
 
 try:  # submitit is part of the 'pipeline' extra; the pure helpers below work without it.
@@ -76,6 +120,7 @@ class CliJob(_Checkpointable):  # type: ignore[misc,valid-type]
         self.expect = str(expect)
 
     def __call__(self) -> dict:
+        install_requeue_guard()
         expect = Path(self.expect)
         if not expect.exists():
             print(f"[sf_mamba launch] running: sf_mamba {' '.join(self.argv)}", flush=True)
