@@ -64,8 +64,7 @@ def scan_counter():
     import importlib
 
     # (sf_mamba.ops re-exports the function under the submodule's name, so go through sys.modules)
-    scan_module = importlib.import_module("sf_mamba.ops.selective_scan")
-    original = sys.modules["sf_mamba.ops.selective_scan"].selective_scan
+    original = importlib.import_module("sf_mamba.ops.selective_scan").selective_scan
     record = {"flops": 0, "calls": 0}
 
     def counted(u, delta, A, *args, **kwargs):

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from sf_mamba.utils.io import atomic_write_json
+
 CLUSTERS = ("slurm", "local", "debug")
 # sacct states after which a Slurm job will not run again by itself.
 SLURM_FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -141,13 +143,6 @@ def run_key(argv: Sequence[str], hash_files: Sequence[str | os.PathLike] = ()) -
         h.update(b"\0" + path.encode() + b"\0")
         h.update(Path(path).read_bytes())
     return h.hexdigest()[:12]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -277,7 +272,7 @@ def launch(args: argparse.Namespace, log=None) -> int:
         record = {"key": key, "argv": argv, "cluster": args.cluster, "job_id": str(job.job_id),
                   "folder": str(folder), "work_dir": str(work), "output": args.output,
                   "submissions": int((previous or {}).get("submissions", 0)) + 1}
-        _write_json(record_path, record)
+        atomic_write_json(record_path, record)
         log(f"submitted {args.cluster} job {job.job_id}: sf_mamba {' '.join(job_argv)}")
     try:
         job.result()

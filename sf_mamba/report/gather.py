@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable
+
+from sf_mamba.utils.io import atomic_write_text
 
 KINDS = ("train", "bench", "flops", "probe", "fold_sweep", "seg")
 # first present source wins; names are as the producing commands write them
@@ -167,10 +168,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"sf_mamba gather: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    atomic_write_text(out, frame.to_csv(index=False))
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     print(f"gathered {len(frame)} rows into {out}: {counts}")
     return 0

@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import random
 import signal
