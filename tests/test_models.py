@@ -47,9 +47,12 @@ def test_swap_is_the_default_and_adds_only_aux_tokens():
     with torch.device("meta"):
         swap = timm.create_model("sf_mamba_t")
         uni = timm.create_model("sf_mamba_t", scan="uni")
-    assert swap.scan == "swap" and swap.aux_tokens == 2
-    # two learnable tokens of width 4C and 8C
-    assert n_params(swap) - n_params(uni) == 2 * (320 + 640)
+    assert swap.scan == "swap" and swap.aux_tokens == 1
+    # one learnable token per hybrid level, of width 4C and 8C
+    assert n_params(swap) - n_params(uni) == 320 + 640
+    with torch.device("meta"):
+        two = timm.create_model("sf_mamba_t", aux_tokens=2)
+    assert n_params(two) - n_params(uni) == 2 * (320 + 640)
 
 
 @pytest.mark.parametrize("scan", SCANS)
@@ -135,7 +138,7 @@ def test_central_claim_uni_cannot_see_the_future_swap_can():
 
 
 def test_aux_swap_moves_tail_to_head():
-    level = timm.create_model("sf_mamba_micro", **MICRO).levels[2]
+    level = timm.create_model("sf_mamba_micro", aux_tokens=2, **MICRO).levels[2]
     seq = torch.arange(5.0).view(1, 5, 1)
     swapped, _ = level._swap(seq.clone(), token_at_head=False)
     assert swapped.flatten().tolist() == [4.0, 1.0, 2.0, 3.0, 0.0]

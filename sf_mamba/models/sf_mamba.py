@@ -8,11 +8,11 @@ Architecture (MambaVision's hybrid macro-architecture, clean-room from docs/mode
 
 SF-Mamba's two ideas are switches of this one model:
 
-* **auxiliary patch swapping** (``scan='swap'``): ``aux_tokens`` learnable (or mean-initialised)
-  tokens are put at the head and the tail of every window sequence before the first Mamba block of
-  a hybrid level. After each Mamba block the head and tail tokens trade places (no parameters): the
-  tail token, which has seen the whole window in the forward scan, becomes the head of the next
-  scan, so every patch of the next layer reads "future" information through the recurrence.
+* **auxiliary patch swapping** (``scan='swap'``): a learnable (or mean-initialised) aux token joins
+  the tail of every window sequence before the first Mamba block of a hybrid level (with
+  ``aux_tokens=2``, one at the head and one at the tail). Between Mamba blocks the tail token, which
+  has seen the whole window in the forward scan, moves to the head (no parameters), so every patch
+  of the next layer reads "future" information through the recurrence.
 * **batch folding with periodic state reset** (``fold=k`` or ``'auto'``): the mixer scans k window
   sequences as one sequence with the state reset every L tokens. The depthwise convs run per window
   before folding, so nothing leaks across image boundaries and the result equals ``fold=1``.
@@ -456,8 +456,8 @@ class SFMamba(nn.Module):
                 raise ValueError(f"{name} must be 4 positive ints, got {value!r}")
         if scan not in SCANS:
             raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
-        if aux_tokens is None:
-            aux_tokens = 2 if scan == "swap" else 0
+        if aux_tokens is None:  # one "extra token" per window, as the reviewers describe it
+            aux_tokens = 1 if scan == "swap" else 0
         if aux_tokens not in (0, 1, 2):
             raise ValueError(f"aux_tokens must be 0, 1 or 2, got {aux_tokens!r}")
         if aux_tokens and scan not in ("swap", "uni"):

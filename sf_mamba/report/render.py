@@ -330,7 +330,8 @@ def render_rq2(runs: pd.DataFrame, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- RQ3
-PROBE_PREFERRED = ("future_mass_ratio_mean", "far_future_mass_ratio_mean", "past_mass_ratio",
+# far-future first: beyond the convs' one-token reach, only the scan's routing can carry information.
+PROBE_PREFERRED = ("far_future_mass_ratio_mean", "future_mass_ratio_mean", "past_mass_ratio",
                    "self_mass_ratio", "future_influence")
 
 
@@ -391,8 +392,18 @@ def render_rq3(runs: pd.DataFrame, out: Path) -> None:
         col = pcols[0]
         values = dict(zip(pok["experiment"], pd.to_numeric(pok[col], errors="coerce")))
         order = [(lab, values[e]) for e, lab in zip(summary["experiment"], summary["label"]) if e in values]
-        ax.barh([lab for lab, _ in order], [v for _, v in order], color="tab:orange", alpha=0.8)
-        ax.set_xlabel(col)
+        labels, heights = [lab for lab, _ in order], [v for _, v in order]
+        ax.barh(labels, heights, color="tab:orange", alpha=0.8)
+        # At initialisation the routed mass can be ~1e-10 and still be the point (0 vs not 0):
+        # a symmetric-log axis shows it, and every bar carries its value.
+        positive = [v for v in heights if v and v > 0]
+        if positive:
+            ax.set_xscale("symlog", linthresh=min(positive) / 10)
+            ax.set_xlim(0, max(positive) * 10)
+        for lab, v in order:
+            ax.annotate("0 (exactly)" if v == 0 else f"{v:.1e}", (v if v and v > 0 else 0, lab),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_xlabel(col + (" (symlog)" if positive else ""))
         ax.grid(alpha=0.3, axis="x")
     else:
         _empty_axes(ax, "information-flow probe: missing")

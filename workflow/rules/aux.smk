@@ -11,7 +11,6 @@ rule probe:
     params:
         model=lambda wc: EXPERIMENTS[wc.experiment]["model"],
         scan=lambda wc: EXPERIMENTS[wc.experiment]["scan"],
-        attention=lambda wc: "on" if EXPERIMENTS[wc.experiment]["attention"] else "off",
         kwargs=lambda wc: kwargs_json({k: v for k, v in model_kwargs(EXPERIMENTS[wc.experiment]).items()
                                        if k not in ("scan", "attention")}),
         img_size=config["rq3_aux"]["probe_img_size"],
@@ -21,7 +20,9 @@ rule probe:
         "logs/rq3_aux/probe/{experiment}.log",
     conda:
         "../envs/sf_mamba.yaml"
+    # Attention sees every token of its window, so it would hide what the scan routes: the probe
+    # measures the scan's information flow with the attention blocks replaced by Mamba blocks.
     shell:
         "OMP_NUM_THREADS={threads} sf_mamba probe --model {params.model} --scan {params.scan}"
-        " --attention {params.attention} --model-kwargs {params.kwargs} --img-size {params.img_size}"
+        " --attention off --model-kwargs {params.kwargs} --img-size {params.img_size}"
         " --out-dir {params.out_dir} > {log} 2>&1"
