@@ -21,7 +21,7 @@ import threading
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_yaml",
            "atomic_torch_save", "atomic_directory", "read_json"]
@@ -45,13 +45,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir + fsync + os.replace)."""
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(fh)`` on a temp file next to ``path``, fsync it, then ``os.replace`` it into place."""
     path = Path(path)
     fd, tmp = _tmp_sibling(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -61,6 +61,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same dir + fsync + os.replace)."""
+    return _atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -82,21 +87,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file next to ``path``, then ``os.replace`` it into place."""
     import torch
 
-    path = Path(path)
-    fd, tmp = _tmp_sibling(path)
     with _signals_deferred():  # a requeue handler then finds the new checkpoint in place
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
-    return path
+        return _atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 # Slurm's pre-timeout/preemption signals (submitit: USR2 by default) and SIGTERM.
