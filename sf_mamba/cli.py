@@ -1,7 +1,9 @@
 """``sf_mamba`` command line: one entry point, subcommands implemented in their own modules.
 
 Each subcommand module defines ``add_arguments(parser)`` and ``main(args) -> int``; it is imported
-only when its subcommand runs, so ``sf_mamba --help`` stays fast and optional extras stay optional.
+only when its subcommand runs, so a command imports only what it needs (``launch``, ``gather`` and
+``report`` never import torch) and optional extras stay optional. A subcommand reports bad input with
+:func:`sf_mamba.utils.cli.fail`; this entry point prints it as one line and exits 2.
 The workflow talks to the package only through these commands and the files they write.
 """
 
@@ -52,13 +54,12 @@ def build_parser(available_only: bool = False) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = build_parser(available_only=True)
     if not argv or argv[0] in ("-h", "--help"):
-        top.print_help()
+        build_parser(available_only=True).print_help()
         return 0 if argv else 2
     name = argv[0]
     if name not in SUBCOMMANDS:
-        top.error(f"unknown command {name!r}; choose from {', '.join(SUBCOMMANDS)}")
+        build_parser().error(f"unknown command {name!r}; choose from {', '.join(SUBCOMMANDS)}")
     module_name, help_text = SUBCOMMANDS[name]
     try:
         module = importlib.import_module(module_name)
@@ -68,10 +69,16 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         raise
+    from sf_mamba.utils.cli import CliError, one_line
+
     parser = argparse.ArgumentParser(prog=f"sf_mamba {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.main(args) or 0)
+    try:
+        return int(module.main(args) or 0)
+    except CliError as err:
+        print(f"sf_mamba {name}: error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

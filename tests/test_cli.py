@@ -1,7 +1,10 @@
 """The ``sf_mamba`` command line dispatcher."""
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from sf_mamba.cli import SUBCOMMANDS, main
 
@@ -36,3 +39,62 @@ def test_models_lists_published_counts(capsys):
     assert main(["models", "--scan", "uni"]) == 0
     out = capsys.readouterr().out
     assert "sf_mamba_b" in out and "97.69" in out and "97.7" in out
+
+
+@pytest.mark.parametrize("command", ["launch", "gather", "report"])
+def test_light_commands_never_import_torch(command):
+    """`sf_mamba launch|gather|report --help` start without torch or timm (the smoke DAG runs ~60)."""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['sf_mamba', {command!r}, '--help']\n"
+             "try:\n    runpy.run_module('sf_mamba', run_name='__main__')\n"
+             "except SystemExit as exit_:\n    assert exit_.code in (0, None), exit_.code\n"
+             "heavy = sorted(m for m in ('torch', 'timm', 'triton', 'sf_mamba.models') if m in sys.modules)\n"
+             "print('HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: sf_mamba " + command in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_import_sf_mamba_is_light_and_registers_models_when_timm_loads():
+    """`import sf_mamba` imports no torch; timm imported after it (or before it) lists sf_mamba_*."""
+    from sf_mamba.models import VARIANTS
+
+    after = ("import sys, json, sf_mamba\n"
+             "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
+             "import timm\n"
+             "print(type(timm.create_model('sf_mamba_micro', num_classes=3)).__name__)\n"
+             "print(json.dumps(timm.list_models('sf_mamba_*')))\n")
+    before = after.replace("import sys, json, sf_mamba\n", "import sys, json, timm, sf_mamba\n").replace(
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n", "")
+    for code in (after, before):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        created, listed = result.stdout.strip().splitlines()[-2:]
+        assert created == "SFMamba"
+        assert set(json.loads(listed)) == {f"sf_mamba_{v}" for v in VARIANTS}
+
+
+def test_every_variant_has_an_explicit_factory():
+    """One `@register_model def sf_mamba_<v>` per row of VARIANTS (go-to-definition finds it)."""
+    import inspect
+
+    import timm
+
+    from sf_mamba.models import VARIANTS
+    from sf_mamba.models import sf_mamba as family
+
+    for variant in VARIANTS:
+        name = f"sf_mamba_{variant}"
+        factory = getattr(family, name)
+        assert inspect.getsource(factory).lstrip().startswith(f"@register_model\ndef {name}(")
+        assert timm.models.model_entrypoint(name) is factory
+        assert factory.__doc__
+
+
+def test_subpackages_are_attributes_on_first_use():
+    import sf_mamba
+
+    assert sf_mamba.utils.cli.fail is not None
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        sf_mamba.no_such_thing

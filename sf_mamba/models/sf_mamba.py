@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -680,18 +680,45 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SFMamba:
         **{**defaults, **kwargs})
 
 
-def _register(variant: str) -> Callable:
-    def factory(pretrained: bool = False, **kwargs) -> SFMamba:
-        return _create(variant, pretrained=pretrained, **kwargs)
-
-    factory.__name__ = f"sf_mamba_{variant}"
-    factory.__doc__ = f"SF-Mamba-{variant.upper()} (MambaVision-{variant.upper()} with scan='uni')."
-    factory.__module__ = __name__
-    return register_model(factory)
-
-
-# timm's register_model reads this module's ``default_cfgs`` to attach each pretrained_cfg.
+# timm's register_model reads this module's ``default_cfgs`` to attach each pretrained_cfg, so the
+# table comes before the factories.
 default_cfgs = generate_default_cfgs({f"sf_mamba_{v}": _pretrained_cfg(spec) for v, spec in VARIANTS.items()})
 
-for _variant in VARIANTS:
-    globals()[f"sf_mamba_{_variant}"] = _register(_variant)
+
+# One thin factory per row of VARIANTS (the hyper-parameters live only there). With scan='uni' and
+# no aux tokens each is the MambaVision model of the same letter.
+
+@register_model
+def sf_mamba_t(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-T: MambaVision-T's hyper-parameters (31.8M parameters with scan='uni')."""
+    return _create("t", pretrained, **kwargs)
+
+
+@register_model
+def sf_mamba_t2(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-T2: MambaVision-T2's hyper-parameters (35.1M parameters with scan='uni')."""
+    return _create("t2", pretrained, **kwargs)
+
+
+@register_model
+def sf_mamba_s(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-S: MambaVision-S's hyper-parameters (50.1M parameters with scan='uni')."""
+    return _create("s", pretrained, **kwargs)
+
+
+@register_model
+def sf_mamba_b(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-B: MambaVision-B's hyper-parameters (97.7M parameters with scan='uni')."""
+    return _create("b", pretrained, **kwargs)
+
+
+@register_model
+def sf_mamba_l(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-L: MambaVision-L's hyper-parameters (227.9M parameters with scan='uni')."""
+    return _create("l", pretrained, **kwargs)
+
+
+@register_model
+def sf_mamba_micro(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-micro: not a paper variant; a tiny model for CPU smoke runs and tests."""
+    return _create("micro", pretrained, **kwargs)
