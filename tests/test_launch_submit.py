@@ -176,7 +176,20 @@ def test_checkpoint_requeues_the_same_command():
     assert delayed.function.argv == job.argv and delayed.function.expect == job.expect
 
 
-def test_slurm_parameters_are_explicit(tmp_path):
+def fake_slurm_tools(tmp_path, monkeypatch, tools=("srun", "sinfo", "sbatch")):
+    """Failing stand-ins for the Slurm tools, first on PATH: submitit's SlurmExecutor only checks
+    that `srun` exists when it is built, so its parameters can be inspected where Slurm never was."""
+    fake_bin = tmp_path / "fake-slurm-bin"
+    fake_bin.mkdir()
+    for tool in tools:
+        (fake_bin / tool).write_text("#!/bin/sh\necho fake slurm >&2\nexit 1\n")
+        (fake_bin / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    return fake_bin
+
+
+def test_slurm_parameters_are_explicit(tmp_path, monkeypatch):
+    fake_slurm_tools(tmp_path, monkeypatch)
     args = parse(["--cluster", "slurm", "--run-dir", str(tmp_path), "--gpus", "8", "--nodes", "2",
                   "--cpus", "8", "--mem-gb", "100", "--timeout-min", "2880", "--partition", "gpu",
                   "--account", "proj", "--slurm-extra", "mail-type=FAIL", "--", "x"])
@@ -188,14 +201,25 @@ def test_slurm_parameters_are_explicit(tmp_path):
     assert ex._executor.max_num_timeout == 30
 
 
+def test_slurm_cluster_without_slurm_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    """`--cluster slurm` where no `srun` is reachable: exit 2 and one line, not submitit's traceback."""
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    monkeypatch.setenv("PATH", str(empty_bin))
+    from sf_mamba.cli import main as cli_main
+
+    run = tmp_path / "run"
+    rc = cli_main(["launch", "--cluster", "slurm", "--run-dir", str(run), "--", "x", "--out", "{work_dir}/m.json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err == ["sf_mamba launch: error: --cluster slurm needs Slurm's `srun` on PATH and there is none "
+                   "(run on a Slurm login node, or use --cluster local)"]
+    assert not (run / "launch.json").exists() and not (run / "m.json").exists()
+
+
 def test_local_executor_ignores_an_installed_cluster(tmp_path, monkeypatch):
     """With srun/sinfo on PATH, `--cluster local` still runs a local subprocess (no auto-detection)."""
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    for tool in ("srun", "sinfo", "sbatch"):
-        (fake_bin / tool).write_text("#!/bin/sh\necho fake slurm >&2\nexit 1\n")
-        (fake_bin / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    fake_slurm_tools(tmp_path, monkeypatch)
     ex = L.make_executor(parse(["--cluster", "local", "--run-dir", str(tmp_path), "--", "x"]), tmp_path / "s")
     assert ex.cluster == "local"
     assert submitit.AutoExecutor.which() == "slurm"      # what auto-detection would have picked

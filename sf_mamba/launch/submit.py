@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from sf_mamba.utils.cli import fail
 from sf_mamba.utils.io import atomic_write_json
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -179,7 +180,10 @@ def make_executor(args: argparse.Namespace, folder: Path):
     import submitit
 
     if args.cluster not in CLUSTERS:
-        raise ValueError(f"--cluster must be one of {CLUSTERS}, got {args.cluster!r}")
+        fail(f"--cluster must be one of {CLUSTERS}, got {args.cluster!r}")
+    if args.cluster == "slurm" and shutil.which("srun") is None:  # submitit would raise a traceback
+        fail("--cluster slurm needs Slurm's `srun` on PATH and there is none "
+             "(run on a Slurm login node, or use --cluster local)")
     kwargs = {}
     if args.cluster in ("slurm", "local"):
         kwargs[f"{args.cluster}_max_num_timeout"] = args.max_num_timeout
@@ -237,9 +241,12 @@ def launch(args: argparse.Namespace, log=None) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise SystemExit("sf_mamba launch: give the subcommand after '--', e.g. -- train --config X")
+        fail("give the subcommand after '--', e.g. -- train --config X")
     if argv[0] == "launch":
-        raise SystemExit("sf_mamba launch: refusing to launch 'launch' itself")
+        fail("refusing to launch 'launch' itself")
+    for path in args.hash_file:
+        if not Path(path).is_file():
+            fail(f"--hash-file {path!r} is not a file")
     run_dir = Path(args.run_dir)
     key = run_key(argv, args.hash_file)
     work = run_dir / "work" / key
@@ -247,7 +254,10 @@ def launch(args: argparse.Namespace, log=None) -> int:
     expect = work / args.output
     folder = run_dir / "submitit"
     record_path = run_dir / "launch.json"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"--run-dir {str(run_dir)!r} cannot be created: {err.strerror or err}")
 
     if expect.exists():
         log(f"{expect} already exists: nothing to run")
@@ -332,12 +342,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     for kv in args.slurm_extra:
         if "=" not in kv:
-            print(f"sf_mamba launch: --slurm-extra expects KEY=VALUE, got {kv!r}", file=sys.stderr)
-            return 2
+            fail(f"--slurm-extra expects KEY=VALUE, got {kv!r}")
     return launch(args)
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="sf_mamba launch")
-    add_arguments(_p)
-    sys.exit(main(_p.parse_args()))
+    from sf_mamba.cli import main as _cli_main
+
+    sys.exit(_cli_main(["launch", *sys.argv[1:]]))
