@@ -23,13 +23,23 @@ envvars:
 report: "workflow/report/workflow.rst"
 
 
+# Read top to bottom: the validated config, the run table, the research questions (what each one
+# expects; common.smk), the command lines; then one rule file per concern; report.smk last, as it
+# renders every registered question.
+include: "workflow/rules/config.smk"
+include: "workflow/rules/run_table.smk"
 include: "workflow/rules/common.smk"
+include: "workflow/rules/commands.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/classification.smk"
 include: "workflow/rules/fold.smk"
 include: "workflow/rules/aux.smk"
 include: "workflow/rules/segmentation.smk"
+# a new research question: include its rule file here and register it in common.smk
 include: "workflow/rules/report.smk"
+
+
+check_sheet_tags()
 
 
 onsuccess:
@@ -44,31 +54,12 @@ rule all:
     localrule: True
 
 
-rule rq1_scan:
-    input:
-        rq_target("rq1_scan"),
-    localrule: True
+# one target per research question: `snakemake -c2 rq2_fold`
+for _rq in RQS:
 
-
-rule rq2_fold:
-    input:
-        rq_target("rq2_fold"),
-    localrule: True
-
-
-rule rq3_aux:
-    input:
-        rq_target("rq3_aux"),
-    localrule: True
-
-
-rule rq4_sizes:
-    input:
-        rq_target("rq4_sizes"),
-    localrule: True
-
-
-rule rq5_seg:
-    input:
-        rq_target("rq5_seg"),
-    localrule: True
+    rule:
+        name:
+            _rq
+        input:
+            rq_target(_rq),
+        localrule: True

@@ -111,3 +111,26 @@ def test_volatile_values_are_not_params(tmp_path):
         text = path.read_text()
         for word in ("git ", "git_", "datetime", "time.time", "utc_now", "getpid"):
             assert word not in text, f"{path.name} mentions {word}"
+
+
+def test_sheet_row_tagged_with_an_unknown_question_is_refused(tmp_path):
+    """A row tagged with a question nobody registered would never be trained: an error naming it."""
+    wf = workflow_copy(tmp_path)
+    sheet = wf / "configs/experiments/smoke.tsv"
+    sheet.write_text(sheet.read_text().replace("\trq1_scan,rq3_aux,rq4_sizes\t", "\trq1_scan,rq9_nope\t", 1))
+    proc = smk(wf, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "row 'swap_attn': rqs names 'rq9_nope'" in out, out
+
+
+def test_every_registered_question_has_a_target_and_a_renderer(tmp_path):
+    """The workflow's research questions (registered in common.smk) are the report's, one target each."""
+    from sf_mamba.report import render
+
+    proc = smk(workflow_copy(tmp_path), "--list-target-rules")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    targets = {line.strip() for line in proc.stdout.splitlines()}
+    questions = {t for t in targets if re.fullmatch(r"rq\d+_[a-z0-9_]+", t)}
+    assert questions == set(render.RQS), (questions, render.RQS)
+    assert {"all", *(f"render_{rq}" for rq in render.RQS)} <= targets

@@ -56,7 +56,7 @@ rule flops:
     output:
         flops_json("{model}", "{family}"),
     params:
-        kwargs=lambda wc: kwargs_json(FLOPS_KWARGS[wc.family]),
+        kwargs=lambda wc: kwargs_json(FLOPS_FAMILIES[wc.family]["kwargs"]),
         img_size=config["flops"]["img_size"],
     threads: 1
     log:

@@ -4,8 +4,6 @@
 #   (meaningful on a GPU; on CPU it is a smoke of the same path and labelled with its device);
 # - fold_lut: the per-GPU lookup table behind fold='auto' (GPU only, config rq2_fold.lut).
 
-FOLD_LUT = "results/rq2_fold/fold_lut.json"
-
 
 rule fold_sweep:
     output:
@@ -46,7 +44,7 @@ rule fold_bench:
     params:
         protocol=lambda wc: bench_flags({**config["bench"], "batch_size": int(wc.bs)}),
         lut_env=lambda wc, input: f"SF_MAMBA_FOLD_LUT={input.lut}" if input.lut else "",
-        kwargs=lambda wc: kwargs_json({"fold": wc.fold if wc.fold == "auto" else int(wc.fold)}),
+        kwargs=lambda wc: kwargs_json({"fold": fold_kwarg(wc.fold)}),
     threads: config["bench"]["resources"]["cpus"]
     resources:
         gpu=config["bench"]["resources"]["gpus"],

@@ -1,8 +1,15 @@
 # Gathering and rendering. Manifests list every expected result (from the validated sheet), so a
-# missing run is a visible "missing" row, never a silently shorter table.
+# missing run is a visible "missing" row, never a silently shorter table. Included after every rule
+# file, so that it sees every registered research question.
+
+RQS = research_questions()
+REPORT_OUTPUTS = [f"{rq}/{name}" for rq in RQS for name in RESEARCH_QUESTIONS[rq]["outputs"]] + [
+    "reproduction.md", "reproduction.tex", "reproduction.csv", "README.md"]
 
 
 rule manifest:
+    wildcard_constraints:
+        rq="|".join(RQS),
     output:
         "results/{rq}/manifest.json",
     params:
@@ -27,6 +34,8 @@ rule manifest_all:
 
 
 rule gather:
+    wildcard_constraints:
+        rq="|".join(RQS),
     input:
         manifest="results/{rq}/manifest.json",
         results=lambda wc: gather_inputs([wc.rq]),
@@ -92,3 +101,4 @@ rule render_all:
     shell:
         "sf_mamba report --runs {input.runs} --all --reference {input.reference}"
         " --out results/report > {log} 2>&1"
+
