@@ -22,18 +22,14 @@ import timm
 import torch
 
 import sf_mamba  # noqa: F401  (registers the models)
-from sf_mamba.ops import selective_scan
+from sf_mamba_kernels.selective_scan import selective_scan_fn
+from sf_mamba_kernels.selective_scan.bench import wall_times_ms
+from sf_mamba_kernels.selective_scan.testing import make_scan_inputs
 
 
 def time_call(fn, repeats: int) -> float:
     """Median seconds per call of ``fn`` over ``repeats`` calls (after one warm-up call)."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return statistics.median(wall_times_ms(fn, repeats, warmup=1)) / 1e3
 
 
 def model_throughput(names_kwargs: dict, batch: int, rounds: int) -> dict[str, float]:
@@ -56,18 +52,17 @@ def scan_speed(batch: int, repeats: int) -> list[dict]:
     forward only (inference) and forward+backward (training)."""
     rows = []
     for stage, channels, length in (("stage3", 160, 196 + 2), ("stage4", 320, 49 + 2)):
-        g = torch.Generator().manual_seed(0)
-        inputs = dict(u=torch.randn(batch, channels, length, generator=g),
-                      delta=torch.randn(batch, channels, length, generator=g) * 0.5,
-                      A=-torch.rand(channels, 8, generator=g) * 4, B=torch.randn(batch, 8, length, generator=g),
-                      C=torch.randn(batch, 8, length, generator=g), D=torch.ones(channels))
+        inputs = make_scan_inputs(batch, channels, 8, length, has_z=False, has_bias=False)
+        inputs = {k: v for k, v in inputs.items() if v is not None}
         row = dict(shape=f"{stage} B={batch} D={channels} L={length} N=8")
         for backend in ("reference", "torch"):
             with torch.inference_mode():
-                row[f"{backend}_fwd_ms"] = 1e3 * time_call(lambda: selective_scan(**inputs, backend=backend), repeats)
+                row[f"{backend}_fwd_ms"] = 1e3 * time_call(
+                    lambda: selective_scan_fn(**inputs, delta_softplus=True, backend=backend), repeats)
             leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
             row[f"{backend}_fwd_bwd_ms"] = 1e3 * time_call(
-                lambda: selective_scan(**leaves, backend=backend).sum().backward(), max(1, repeats // 2))
+                lambda: selective_scan_fn(**leaves, delta_softplus=True, backend=backend).sum().backward(),
+                max(1, repeats // 2))
         row["speedup_fwd"] = row["reference_fwd_ms"] / row["torch_fwd_ms"]
         row["speedup_fwd_bwd"] = row["reference_fwd_bwd_ms"] / row["torch_fwd_bwd_ms"]
         rows.append(row)

@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("sf_mamba.bench.throughput", "throughput benchmark (img/s), MambaVision protocol done right"),
     "flops": ("sf_mamba.bench.flops", "MACs (MambaVision's convention) and scan FLOPs, labelled"),
     "probe": ("sf_mamba.analysis.probe", "information-flow probe: does a token see later tokens?"),
-    "lut": ("sf_mamba.ops.lut_cli", "build or show the per-GPU fold-factor lookup table"),
+    "lut": ("sf_mamba_kernels.selective_scan.lut_cli", "build or show the per-GPU fold-factor lookup table"),
     "fold-sweep": ("sf_mamba.bench.fold_sweep", "CPU fold-invariance check and scan timings, fold k vs 1"),
     "launch": ("sf_mamba.launch.submit", "run a job through submitit (Slurm, local or debug) and wait"),
     "gather": ("sf_mamba.report.gather", "collect metrics.json files into one tidy CSV"),

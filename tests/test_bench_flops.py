@@ -66,10 +66,10 @@ def test_scan_flops_are_9BLDN_per_call_and_excluded_from_macs():
 
 def test_scan_counter_restores_the_op():
     import sys
-    original = sys.modules["sf_mamba.ops.selective_scan"].selective_scan
+    original = sys.modules["sf_mamba_kernels.selective_scan.interface"].selective_scan_fn
     with scan_counter():
-        assert sys.modules["sf_mamba.models.sf_mamba"].selective_scan is not original
-    assert sys.modules["sf_mamba.models.sf_mamba"].selective_scan is original
+        assert sys.modules["sf_mamba.models.sf_mamba"].selective_scan_fn is not original
+    assert sys.modules["sf_mamba.models.sf_mamba"].selective_scan_fn is original
 
 
 def test_mambavision_t_macs_match_published_convention():

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from sf_mamba.ops import lut, lut_cli
+from sf_mamba_kernels.selective_scan import bench, lut, lut_cli
 
 GPU = "Test GPU 80GB"
 
@@ -45,7 +45,7 @@ def test_lookup_returns_nearest_measured_entry(table_path):
     assert lut.lookup_fold(128, 198, 160, torch.float32, cuda) == 2         # same dtype preferred
     assert lut.lookup_fold(128, 198, 160, torch.float16, cuda) == 2         # no fp16 entries: nearest of any dtype
     assert lut.lookup_fold(256, 198, 160, torch.float16, cuda) == 8
-    assert lut.lookup_fold(3, 51, 320, "bf16", "cuda:0") == 3               # clipped to the batch
+    assert lut.lookup_fold(3, 51, 320, "bf16", "cuda:0") == 4               # not clamped: the interface does
 
 
 def test_lookup_falls_back_to_one(table_path):
@@ -106,7 +106,7 @@ def test_lut_build_fails_clearly_without_gpu(tmp_path, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        lut.measure_entries(device="cpu")
+        bench.measure_lut_entries(device="cpu")
 
 
 def test_lut_show_prints_entries(table_path, capsys):

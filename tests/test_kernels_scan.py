@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 import sf_mamba_kernels.selective_scan.triton_scan as triton_scan  # noqa: E402
 from sf_mamba_kernels.selective_scan import interpreter_patch  # noqa: E402
 
-from sf_mamba.ops.selective_scan import resolve_backend, selective_scan  # noqa: E402
+from sf_mamba_kernels.selective_scan import resolve_backend, selective_scan_fn as selective_scan  # noqa: E402
 
 if type(triton_scan._scan_fwd_kernel).__name__ != "InterpretedFunction":
     # imported earlier without TRITON_INTERPRET: decorate the kernels again for the interpreter

@@ -218,8 +218,8 @@ def test_mixer_fold_invariance_and_leak_without_reset(monkeypatch):
     # the same fold with the reset switched off leaks the previous image's state
     import sf_mamba.models.sf_mamba as module
 
-    real_scan = module.selective_scan
-    monkeypatch.setattr(module, "selective_scan", lambda *a, **k: real_scan(*a, **{**k, "reset_every": None}))
+    real_scan = module.selective_scan_fn
+    monkeypatch.setattr(module, "selective_scan_fn", lambda *a, **k: real_scan(*a, **{**k, "reset_every": None}))
     leaked = mixer(tokens, hw=(4, 4))
     fold_error = (out - ref).abs().max()
     assert (leaked - ref).abs().max() > 100 * fold_error.clamp_min(1e-9)

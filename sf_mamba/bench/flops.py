@@ -56,15 +56,14 @@ def _custom_mapping() -> dict:
 
 @contextlib.contextmanager
 def scan_counter():
-    """Patch every ``selective_scan`` reference in loaded ``sf_mamba`` modules with a wrapper that
+    """Patch every ``selective_scan_fn`` reference in loaded ``sf_mamba`` modules with a wrapper that
     records ``9·B·L·D·N`` per call and runs the scan with dispatch modes (the FLOP counter) off.
     Yields a dict ``{'flops': int, 'calls': int}``."""
     from torch.utils._python_dispatch import _disable_current_modes
 
     import importlib
 
-    # (sf_mamba.ops re-exports the function under the submodule's name, so go through sys.modules)
-    original = importlib.import_module("sf_mamba.ops.selective_scan").selective_scan
+    original = importlib.import_module("sf_mamba_kernels.selective_scan.interface").selective_scan_fn
     record = {"flops": 0, "calls": 0}
 
     def counted(u, delta, A, *args, **kwargs):
@@ -76,14 +75,14 @@ def scan_counter():
 
     patched = []
     for name, mod in list(sys.modules.items()):
-        if name.startswith("sf_mamba") and mod is not None and getattr(mod, "selective_scan", None) is original:
+        if name.startswith("sf_mamba") and mod is not None and getattr(mod, "selective_scan_fn", None) is original:
             patched.append(mod)
-            setattr(mod, "selective_scan", counted)
+            setattr(mod, "selective_scan_fn", counted)
     try:
         yield record
     finally:
         for mod in patched:
-            setattr(mod, "selective_scan", original)
+            setattr(mod, "selective_scan_fn", original)
 
 
 @contextlib.contextmanager

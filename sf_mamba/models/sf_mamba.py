@@ -37,7 +37,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from sf_mamba.ops import BACKENDS, selective_scan
+from sf_mamba_kernels.selective_scan import BACKENDS, check_fold, selective_scan_fn
 
 __all__ = ["SFMamba", "VARIANTS", "VariantSpec", "SCANS", "AUX_INITS", "AUX_DISCARDS"]
 
@@ -165,16 +165,7 @@ class MambaMixer(nn.Module):
         for extra in self.extra_directions:
             yield extra.x_proj, extra.dt_proj, extra.A_log, extra.D
 
-    def _fold_factor(self, batch: int, length: int, dtype, device) -> int:
-        if self.fold == "auto":
-            try:
-                from sf_mamba.ops.lut import lookup_fold
-            except ImportError:  # no LUT support installed: fold off
-                return 1
-            return max(1, int(lookup_fold(batch, length, self.ssm_width, dtype, device)))
-        return self.fold
-
-    def _scan(self, x, params, order, fold):
+    def _scan(self, x, params, order):
         """One direction: x (Bt, L, S) channel-last, already conv'd; returns (Bt, S, L) in raster order."""
         x_proj, dt_proj, A_log, D = params
         if order is not None:
@@ -183,23 +174,22 @@ class MambaMixer(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # MambaVision applied dt_proj *with* its bias and passed the bias to the scan again.
         dt = dt_proj(dt) if self.mambavision_compat else F.linear(dt, dt_proj.weight)
-        length = x.shape[1]
-        # Channel-last tensors seen as (Bt, S, L) views: the scan reads them time-major, no copies.
-        y = selective_scan(
+        # Channel-last tensors passed as (Bt, S, L) views. The op interface resolves fold='auto' and
+        # clamps k; with a reset every window any k gives the fold=1 result (at k=1 the reset at t=0
+        # is a no-op). Whether a backend copies the strided views is the backend's business.
+        y = selective_scan_fn(
             x.transpose(1, 2), dt.transpose(1, 2), -torch.exp(A_log.float()), B.transpose(1, 2),
             C.transpose(1, 2), D.float(), delta_bias=dt_proj.bias.float(), delta_softplus=True,
-            reset_every=length if fold > 1 else None, fold=fold, backend=self.backend)
+            reset_every=x.shape[1], fold=self.fold, backend=self.backend)
         if order is not None:
             y = torch.empty_like(y).index_copy_(-1, order, y)
         return y
 
     def forward(self, tokens: torch.Tensor, hw: tuple[int, int], aux_tokens: int = 0) -> torch.Tensor:
-        batch, length, _ = tokens.shape
         x, z = self.in_proj(tokens).chunk(2, dim=-1)  # channel-last (Bt, L, D/2) each
         # The convs run per window sequence (unfolded), so folding never mixes images.
         x = F.silu(depthwise_conv1d_same(x, self.conv1d_x.weight))
         z = F.silu(depthwise_conv1d_same(z, self.conv1d_z.weight))
-        fold = self._fold_factor(batch, length, x.dtype, x.device)
         outputs = []
         for index, params in enumerate(self._direction_parameters()):
             order = scan_order(self.directions[index], *hw, x.device)
@@ -207,9 +197,9 @@ class MambaMixer(nn.Module):
                 raise ValueError("aux tokens are only supported with forward scans")
             if self.match_params:
                 part = x[..., index * self.ssm_width:(index + 1) * self.ssm_width]
-                outputs.append(self._scan(part, params, order, fold))
+                outputs.append(self._scan(part, params, order))
             else:
-                outputs.append(self._scan(x, params, order, fold))
+                outputs.append(self._scan(x, params, order))
         y = torch.cat(outputs, dim=1) if self.match_params else sum(outputs[1:], outputs[0])
         return self.out_proj(torch.cat([y.transpose(1, 2).to(z.dtype), z], dim=-1))
 
@@ -469,8 +459,7 @@ class SFMamba(nn.Module):
             raise ValueError(f"aux_discard must be one of {AUX_DISCARDS}, got {aux_discard!r}")
         if not isinstance(swap_every, int) or swap_every < 1:
             raise ValueError(f"swap_every must be a positive int, got {swap_every!r}")
-        if not (fold == "auto" or (isinstance(fold, int) and not isinstance(fold, bool) and fold >= 1)):
-            raise ValueError(f"fold must be a positive int or 'auto', got {fold!r}")
+        check_fold(fold)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if global_pool not in ("avg", ""):
@@ -530,6 +519,7 @@ class SFMamba(nn.Module):
 
     # ---- switches that can change after construction ----
     def set_fold(self, fold: Union[int, str]) -> None:
+        check_fold(fold)
         for module in self.modules():
             if isinstance(module, MambaMixer):
                 module.fold = fold

@@ -1,6 +1,7 @@
 """Fast pure-PyTorch selective scan: time-major recurrence with a hand-written backward.
 
-Same semantics as :func:`reference.selective_scan_reference` (including ``reset_every``). Why this
+Same semantics as :func:`reference.selective_scan_ref` (including ``reset_every``; ``fold`` by
+reshaping, :mod:`.folding`), computed in float32 (float64 for float64 inputs). Why this
 and not a parallel (chunked or Hillis-Steele) scan on CPU: those do O(c) or O(log L) times the work
 of the recurrence, and on a CPU the work, not the depth, is what costs. Measured on 2 cores
 (benchmarks/cpu_speed.py): for MambaVision-T stage-3 shapes the recurrence is several times faster
@@ -21,7 +22,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .reference import compute_dtype, expand_bc, reset_mask
+from .folding import scan_physically_folded
+from .reference import expand_bc
+
+
+def compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """fp32 accumulation for every input dtype; fp64 stays fp64 (for gradcheck)."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def reset_mask(length: int, reset_every: int | None, device) -> torch.Tensor | None:
+    """Bool (L,) that is True where the state restarts from zero; None without resets."""
+    if reset_every is None:
+        return None
+    return torch.arange(length, device=device) % reset_every == 0
 
 
 def _expand_to_channels(x: torch.Tensor, batch: int, channels: int, length: int, dtype) -> torch.Tensor:
@@ -45,7 +59,7 @@ def _reduce_like(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _RecurrentScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every, state_every):
         batch, channels, length = u.shape
         dtype = compute_dtype(u)
         raw = delta.to(dtype)
@@ -63,8 +77,13 @@ class _RecurrentScan(torch.autograd.Function):
         x = (dt_t * u_t) * b_full
         h = torch.empty_like(x)
         h[0] = x[0]
+        # A reset *replaces* the state (h_t = x_t) rather than multiplying it by a_t = 0: 0 * inf is
+        # NaN, and a non-finite state must not cross into the next image of a fold group.
         for t in range(1, length):
-            torch.addcmul(x[t], a[t], h[t - 1], out=h[t])
+            if reset_every is not None and t % reset_every == 0:
+                h[t] = x[t]
+            else:
+                torch.addcmul(x[t], a[t], h[t - 1], out=h[t])
         if C.dim() == 3:  # shared over channels: a batched matvec avoids an (L, Bt, Dm, N) product
             y = torch.matmul(h, C.to(dtype).permute(2, 0, 1).unsqueeze(-1)).squeeze(-1).permute(1, 2, 0)
         else:
@@ -73,11 +92,16 @@ class _RecurrentScan(torch.autograd.Function):
             y = y + u.to(dtype) * D.to(dtype)[:, None]
         out = y * F.silu(z.to(dtype)) if z is not None else y
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, a, h, y if z is not None else None)
-        ctx.delta_softplus = delta_softplus
-        return out.to(u.dtype)
+        ctx.delta_softplus, ctx.reset_every = delta_softplus, reset_every
+        if state_every is None:
+            return out.to(u.dtype), None
+        # the state after every row's last token, (Bt, Dm, L/state_every, N); no gradient (as mamba_ssm)
+        states = h[state_every - 1::state_every].permute(1, 2, 0, 3).clone()
+        ctx.mark_non_differentiable(states)
+        return out.to(u.dtype), states
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_states):
         u, delta, A, B, C, D, z, delta_bias, a, h, y = ctx.saved_tensors
         batch, channels, length = u.shape
         dtype = a.dtype
@@ -99,14 +123,18 @@ class _RecurrentScan(torch.autograd.Function):
         b_full = _expand_to_channels(B, batch, channels, length, dtype)
         c_full = _expand_to_channels(C, batch, channels, length, dtype)
 
-        # Adjoint recurrence; a[t+1] is 0 after a reset, so nothing flows back across it.
+        # Adjoint recurrence; nothing flows back across a reset (skipped, not multiplied by 0).
+        reset_every = ctx.reset_every
         dh = g_t * c_full
         for t in range(length - 2, -1, -1):
-            dh[t].addcmul_(a[t + 1], dh[t + 1])
+            if reset_every is None or (t + 1) % reset_every:
+                dh[t].addcmul_(a[t + 1], dh[t + 1])
 
         grad_C = _reduce_like(g_t * h, C)
         a_h_prev = torch.zeros_like(h)
-        a_h_prev[1:] = a[1:] * h[:-1]  # a_t * h_{t-1}; exactly 0 at reset positions
+        a_h_prev[1:] = a[1:] * h[:-1]  # a_t * h_{t-1}
+        if reset_every is not None:  # exactly 0 at reset positions, even after a non-finite state
+            a_h_prev[::reset_every] = 0.0
         dh_bu = dh * b_full
         grad_u = (dh_bu * dt_t).sum(-1).permute(1, 2, 0)
         grad_dt = ((dh_bu * u_t).sum(-1) + (dh * a_h_prev * A.to(dtype)).sum(-1)).permute(1, 2, 0)
@@ -120,11 +148,18 @@ class _RecurrentScan(torch.autograd.Function):
             grad_dt = grad_dt * torch.where(raw <= 20.0, torch.sigmoid(raw), torch.ones_like(raw))
         grad_bias = grad_dt.sum(dim=(0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
         return (grad_u.to(u.dtype), grad_dt.to(delta.dtype), grad_A.to(A.dtype), grad_B.to(B.dtype),
-                grad_C.to(C.dtype), grad_D, grad_z, grad_bias, None, None)
+                grad_C.to(C.dtype), grad_D, grad_z, grad_bias, None, None, None)
 
 
-def selective_scan_recurrent(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, reset_every=None,
-):
-    """Fast CPU selective scan (see module docstring); differentiable, returns u's dtype."""
-    return _RecurrentScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every)
+def _scan_rows(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every, state_every):
+    return _RecurrentScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every, state_every)
+
+
+def selective_scan_recurrent(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                             reset_every, fold):
+    """The 'torch' backend (the interface's backend signature: positional, no defaults).
+
+    Differentiable; returns out in u's dtype, or (out, last_state) with last_state (Bt, Dm, N).
+    """
+    return scan_physically_folded(_scan_rows, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                  return_last_state, reset_every, fold)

@@ -1,4 +1,5 @@
-"""``sf_mamba lut build|show``: measure or print the per-GPU fold-factor table (see :mod:`.lut`).
+"""``sf_mamba lut build|show``: measure or print the per-GPU fold-factor table (see :mod:`.lut`;
+the measurement itself is :func:`.bench.measure_lut_entries`).
 
 ``build`` times the Triton scan for every candidate fold k on the current GPU over T/S/B stage-3/4
 shapes and writes the fastest k per shape atomically into the table (package data, or ``--out``).
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import lut
+from . import bench, lut
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -36,15 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="measure the best fold per shape on this GPU and write the table")
     build.add_argument("--out", default=None, help="table to update (default: the package's fold_lut.json, "
                                                    f"or ${lut.LUT_PATH_ENV})")
-    build.add_argument("--seq-lens", type=_ints, default=lut.DEFAULT_SEQ_LENS,
+    build.add_argument("--seq-lens", type=_ints, default=bench.DEFAULT_SEQ_LENS,
                        help="tokens per image before aux tokens (default 49,196)")
-    build.add_argument("--aux-tokens", type=int, default=lut.DEFAULT_AUX_TOKENS,
+    build.add_argument("--aux-tokens", type=int, default=bench.DEFAULT_AUX_TOKENS,
                        help="aux tokens added to every sequence length (default 2)")
-    build.add_argument("--channels", type=_ints, default=lut.DEFAULT_CHANNELS,
+    build.add_argument("--channels", type=_ints, default=bench.DEFAULT_CHANNELS,
                        help="SSM channels = half the stage width (default T/S/B stages 3/4)")
-    build.add_argument("--batches", type=_ints, default=lut.DEFAULT_BATCHES)
-    build.add_argument("--dtypes", type=_dtypes, default=lut.DEFAULT_DTYPES)
-    build.add_argument("--folds", type=_ints, default=lut.DEFAULT_FOLDS, help="candidate fold factors")
+    build.add_argument("--batches", type=_ints, default=bench.DEFAULT_BATCHES)
+    build.add_argument("--dtypes", type=_dtypes, default=bench.DEFAULT_DTYPES)
+    build.add_argument("--folds", type=_ints, default=bench.DEFAULT_FOLDS, help="candidate fold factors")
     build.add_argument("--n-state", type=int, default=8)
     build.add_argument("--mode", choices=("fwd", "fwdbwd"), default="fwd",
                        help="time the forward only (inference) or forward+backward (training)")
@@ -62,10 +63,10 @@ def _build(args) -> int:
         return 2
     gpu = lut.device_name(torch.cuda.current_device())
     print(f"measuring fold LUT on {gpu} (mode={args.mode})")
-    entries = lut.measure_entries(seq_lens=args.seq_lens, aux_tokens=args.aux_tokens, channels=args.channels,
+    entries = bench.measure_lut_entries(seq_lens=args.seq_lens, aux_tokens=args.aux_tokens, channels=args.channels,
                                   batches=args.batches, dtypes=args.dtypes, folds=args.folds,
                                   n_state=args.n_state, mode=args.mode, log=print, rep=args.rep_ms)
-    path = lut.write_entries(entries, gpu, lut.build_meta(args.mode, args.n_state), args.out)
+    path = lut.write_entries(entries, gpu, bench.lut_meta(args.mode, args.n_state), args.out)
     print(f"wrote {len(entries)} entries for {gpu!r} to {path}")
     return 0
 
