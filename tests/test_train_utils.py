@@ -61,7 +61,7 @@ def test_resumable_sampler_and_epoch_seeded_augmentation(tmp_path):
     import random
 
     from sf_mamba.data import build_digits
-    from sf_mamba.train.trainer import EpochSeededDataset, ResumableSampler
+    from sf_mamba.train.data import EpochSeededDataset, ResumableSampler
 
     s = ResumableSampler(100, seed=3, batch_size=8)
     s.set_epoch(2)

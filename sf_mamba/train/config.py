@@ -28,6 +28,8 @@ from sf_mamba.utils.provenance import config_hash as _hash
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 FREE_FORM = {("model", "kwargs")}
+# train.final_bench is a removed key (the trainer no longer benchmarks); it stays listed so that
+# run directories written before keep their config hash and resume.
 RUNTIME_KEYS = {("data", "num_workers"), ("data", "pin_memory"), ("train", "log_every_steps"),
                 ("train", "progress"), ("train", "ckpt_every_steps"), ("train", "final_bench"),
                 ("train", "cpu_threads")}
