@@ -13,7 +13,8 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=None,
-                        help="config YAML (a path, or a name in configs/train/: smoke, imagenet_t, ...)")
+                        help="config YAML: a path, or the name of a recipe shipped in sf_mamba/configs/train/ "
+                             "(smoke, imagenet_t, ...)")
     parser.add_argument("--run-dir", "-o", required=True, help="run directory (resumed if it exists)")
     parser.add_argument("--data-dir", default=None, help="ImageNet-layout data root (sets data.dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -3,7 +3,7 @@
 Python API (used by the submitit launcher)::
 
     from sf_mamba.train.trainer import load_config, run_training
-    cfg = load_config("configs/train/smoke.yaml", ["optim.lr=1e-3"])
+    cfg = load_config("smoke", ["optim.lr=1e-3"])     # a recipe name or a path
     metrics = run_training(cfg, "runs/smoke")      # idempotent; resumes from runs/smoke/checkpoints/last.pth
 
 ``run_training`` checks the config, data and run directory before writing anything, builds the

@@ -17,7 +17,7 @@ rule train:
     output:
         train_metrics("{experiment}", "{seed}"),
     params:
-        recipe=lambda wc: recipe_path(wc.experiment),
+        recipe=lambda wc: recipe_arg(wc.experiment),
         sets=lambda wc: shell_join(f"--set={s}" for s in train_overrides(wc.experiment, int(wc.seed))),
         run_dir=lambda wc, output: os.path.dirname(output[0]),
     threads: waiter_threads(config["train"]["resources"])
