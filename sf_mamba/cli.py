@@ -18,7 +18,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "models": ("sf_mamba.models.cli", "list the registered variants with their parameter counts"),
     "data": ("sf_mamba.data.cli", "materialise the small real offline datasets (ImageFolder layout)"),
-    "train": ("sf_mamba.train.trainer", "train a classifier (timm components, auto-resume, DDP)"),
+    "train": ("sf_mamba.train.cli", "train a classifier (timm components, auto-resume, DDP)"),
     "eval": ("sf_mamba.train.evaluate", "evaluate a checkpoint: top-1/top-5"),
     "bench": ("sf_mamba.bench.throughput", "throughput benchmark (img/s), MambaVision protocol done right"),
     "flops": ("sf_mamba.bench.flops", "MACs (MambaVision's convention) and scan FLOPs, labelled"),

@@ -26,7 +26,7 @@ def synthetic_runs(tmp: Path, with_gpu: bool = False) -> Path:
     def train(exp, rq, seed, top1, **desc):
         p = tmp / f"runs/{exp}/seed{seed}/metrics.json"
         if top1 is not None:
-            write(p, {"top1": top1, "params": 0.58e6, "macs": 2.1e6})
+            write(p, {"top1": top1, "params": 0.58e6})
         man.append({"kind": "train", "rq": rq, "path": str(p), "experiment": exp, "seed": seed, **desc})
 
     def bench(exp, rq, thr, device="cpu (x86_64, 2 cores)", **desc):
@@ -45,6 +45,9 @@ def synthetic_runs(tmp: Path, with_gpu: bool = False) -> Path:
         for seed, top1 in ((0, 60.0 + len(exp) % 5), (1, 61.0 + len(exp) % 3)):
             train(exp, "rq1_scan", seed, None if exp == "bi_series_noattn" and seed == 1 else top1, **desc)
         bench(exp, "rq1_scan", 200.0 + len(exp), **desc)
+        p = tmp / f"flops/runs/{exp}.json"      # MACs come from `sf_mamba flops`, not from training
+        write(p, {"results": [{"params": 0.58e6, "macs": 2.1e6 if scan == "swap" else 2.4e6}], "meta": {}})
+        man.append({"kind": "flops", "rq": "rq1_scan", "path": str(p), "experiment": exp, **desc})
     for exp, tokens in (("swap_attn", 1), ("aux0", 0), ("aux2", 2)):
         desc = dict(scan="swap", aux_tokens=tokens, aux_init="learnable", aux_discard="before_attention",
                     label=f"{tokens} aux", model="sf_mamba_micro")
@@ -111,6 +114,7 @@ def test_rq1_mean_std_over_seeds_and_missing_seed(rendered):
     assert "±" in swap["top-1 (%)"] and "(n=2)" in swap["top-1 (%)"]
     bis = table[table["design"] == "bi-series"].iloc[0]
     assert bis["seeds"] == "1/2" and "(n=1)" in bis["top-1 (%)"]
+    assert float(swap["MACs (G)"]) == 0.0021 and float(table[table["design"] == "uni"].iloc[0]["MACs (G)"]) == 0.0024
     assert "\\pm" in (out / "rq1_scan/table.tex").read_text()
 
 

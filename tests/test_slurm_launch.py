@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
 RECIPE = REPO / "configs" / "train" / "smoke.yaml"
 # A few optimizer steps with a checkpoint after every one, so an interruption lands mid-run.
 TINY = ["sched.epochs=2", "sched.warmup_epochs=0", "train.max_steps_per_epoch=5", "train.batch_size=16",
-        "train.ckpt_every_steps=1", "train.log_every_steps=1", "train.final_bench=false",
+        "train.ckpt_every_steps=1", "train.log_every_steps=1",
         "train.eval_batch_size=360", "data.num_workers=0"]
 # metrics.json keys that must match an uninterrupted run exactly (wall time obviously does not)
 DETERMINISTIC = ("top1", "top5", "loss", "train_loss", "ema_top1", "ema_top5", "ema_loss", "global_steps",

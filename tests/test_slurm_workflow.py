@@ -48,7 +48,7 @@ EXPERIMENT = "swap_attn"
 TARGET = "results/rq1_scan/runs.csv"
 TRAIN_OUT = f"results/runs/{EXPERIMENT}/seed0/metrics.json"
 TRAIN_SETS = ["sched.epochs=2", "sched.warmup_epochs=0", "train.max_steps_per_epoch=4", "train.batch_size=16",
-              "train.ckpt_every_steps=1", "train.final_bench=false", "train.eval_batch_size=360"]
+              "train.ckpt_every_steps=1", "train.eval_batch_size=360"]
 # gathered columns that legitimately differ between two runs of the same experiment
 VOLATILE = ("time", "throughput", "img_s", "latency", "_ms", "ms_", "utc", "host", "slurm", "device",
             "git", "path", "attempt", "submit", "job", "cuda", "versions", "std", "median", "mean", "min", "max")

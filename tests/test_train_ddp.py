@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-SETS = ["sched.epochs=1", "train.max_steps_per_epoch=3", "train.final_bench=false", "train.ckpt_every_steps=2",
+SETS = ["sched.epochs=1", "train.max_steps_per_epoch=3", "train.ckpt_every_steps=2",
         "train.batch_size=32"]
 
 

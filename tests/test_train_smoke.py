@@ -36,7 +36,7 @@ def test_smoke_run_learns_digits_and_eval_matches(tmp_path, digits):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["top1"] >= 80.0, metrics            # chance is 10 %
     assert metrics["top5"] >= 95.0
-    assert metrics["throughput"] > 0 and metrics["macs"] > 0 and metrics["params"] > 0
+    assert metrics["params"] > 0 and not {"macs", "throughput"} & set(metrics)   # bench/flops measure those
     printed = json.loads(res.stdout.strip().splitlines()[-1])
     assert printed["top1"] == metrics["top1"]
 
@@ -145,7 +145,7 @@ def test_python_api_mesa_and_idempotence(tmp_path, digits):
     from sf_mamba.train.config import ConfigError
     from sf_mamba.train.trainer import load_config, run_training
 
-    base = ["sched.epochs=2", "train.max_steps_per_epoch=2", "train.final_bench=false", "train.batch_size=32",
+    base = ["sched.epochs=2", "train.max_steps_per_epoch=2", "train.batch_size=32",
             "train.eval_batch_size=360", f"data.dir={digits}"]
     with pytest.raises(ConfigError, match="ema.enabled"):
         run_training(load_config("smoke", base + ["mesa.weight=1.0", "ema.enabled=false"]), tmp_path / "bad")

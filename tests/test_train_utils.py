@@ -61,7 +61,7 @@ def test_resumable_sampler_and_epoch_seeded_augmentation(tmp_path):
     import random
 
     from sf_mamba.data import build_digits
-    from sf_mamba.train.trainer import EpochSeededDataset, ResumableSampler
+    from sf_mamba.train.data import EpochSeededDataset, ResumableSampler
 
     s = ResumableSampler(100, seed=3, batch_size=8)
     s.set_epoch(2)
@@ -94,3 +94,23 @@ def test_resumable_sampler_and_epoch_seeded_augmentation(tmp_path):
     assert torch.equal(wrapped[5][0], a)                       # same (epoch, index) -> same augmentation
     wrapped.set_epoch(2)
     assert not torch.equal(wrapped[5][0], a)                   # new epoch -> new augmentation
+
+
+def test_recipes_are_package_data():
+    """The recipes live inside the package and pyproject ships them, so an installed (non-editable)
+    sf_mamba resolves `--config imagenet_t` without the repository; every package-data glob matches."""
+    import tomllib
+    from pathlib import Path
+
+    import sf_mamba
+    from sf_mamba.train.config import CONFIG_DIR, resolve_config_path
+
+    package = Path(sf_mamba.__file__).parent
+    assert CONFIG_DIR.is_relative_to(package)
+    shipped = tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    globs = shipped["sf_mamba"]
+    for pattern in globs:
+        assert list(package.glob(pattern)), f"package-data glob {pattern!r} matches nothing"
+    recipes = {p for pattern in globs for p in package.glob(pattern) if p.suffix == ".yaml"}
+    assert {"base.yaml", "smoke.yaml", "imagenet_t.yaml"} <= {p.name for p in recipes}
+    assert resolve_config_path("imagenet_t") in recipes

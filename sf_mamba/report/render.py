@@ -165,10 +165,12 @@ def experiment_summary(runs: pd.DataFrame, rq: str) -> pd.DataFrame:
     """One row per experiment of ``rq``: description, top-1 over seeds, params, MACs, throughput."""
     train = _sel(runs, rq, "train")
     bench = _ok(_sel(runs, None, "bench"))
+    flops = _ok(_sel(runs, rq, "flops"))      # counted by `sf_mamba flops`, not by the trainer
     rows = []
     for exp, group in train.groupby("experiment", sort=False):
         ok = _ok(group)
         b = bench[_col(bench, "experiment") == exp] if len(bench) else bench
+        f = flops[_col(flops, "experiment") == exp] if len(flops) else flops
         rows.append({
             "experiment": exp,
             "label": _first_str(_col(group, "label")) or exp,
@@ -187,7 +189,7 @@ def experiment_summary(runs: pd.DataFrame, rq: str) -> pd.DataFrame:
             # params/MACs do not depend on training: the benchmark's count stands in for a missing run
             "params_m": mean_of(_col(ok, "params_m")) if len(ok) else
             (mean_of(_col(b, "params_m")) if len(b) else None),
-            "macs_g": mean_of(_col(ok, "macs_g")),
+            "macs_g": mean_of(_col(f, "macs_g")) if len(f) else None,
             "throughput": mean_of(_col(b, "throughput")) if len(b) else None,
             "device": _first_str(_col(b, "device")) if len(b) else "",
         })

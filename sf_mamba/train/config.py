@@ -2,9 +2,10 @@
 
 ``load_config(path, overrides)`` returns a plain nested dict:
 
-1. ``configs/train/base.yaml`` (the MambaVision recipe) defines the schema: every allowed key.
+1. ``sf_mamba/configs/train/base.yaml`` (the MambaVision recipe) defines the schema: every allowed key.
 2. ``path`` (and its ``_base_`` chain, resolved relative to each file) is deep-merged on top.
-   ``path`` may also be a bare name (``smoke``, ``imagenet_t``) looked up in ``configs/train/``.
+   ``path`` may also be a bare name (``smoke``, ``imagenet_t``) looked up in ``sf_mamba/configs/train/``
+   (package data: the recipes are installed with the package).
 3. ``overrides`` (``["optim.lr=1e-3", "train.batch_size=32"]``) are applied last; each value is
    parsed as YAML (``1e-3`` → float, ``null`` → None, ``[1,2]`` → list).
 
@@ -25,9 +26,12 @@ import yaml
 
 from sf_mamba.utils.provenance import config_hash as _hash
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
+# the recipes ship inside the package (package data), so an installed sf_mamba finds them too
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 FREE_FORM = {("model", "kwargs")}
+# train.final_bench is a removed key (the trainer no longer benchmarks); it stays listed so that
+# run directories written before keep their config hash and resume.
 RUNTIME_KEYS = {("data", "num_workers"), ("data", "pin_memory"), ("train", "log_every_steps"),
                 ("train", "progress"), ("train", "ckpt_every_steps"), ("train", "final_bench"),
                 ("train", "cpu_threads")}

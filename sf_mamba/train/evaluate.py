@@ -36,7 +36,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name
 
     import sf_mamba  # noqa: F401
     from sf_mamba.data.builders import check_imagefolder
-    from sf_mamba.train.trainer import build_eval_loader, evaluate
+    from sf_mamba.train.data import build_eval_loader
+    from sf_mamba.train.loop import validate as evaluate
 
     checkpoint = Path(checkpoint)
     layout = check_imagefolder(data_dir, need_train=False)

@@ -1,4 +1,6 @@
 # Training (through the submitit launcher), throughput and MAC counting for the classification RQs.
+# MACs are counted by `sf_mamba flops` (per sheet row for RQ1, per size and family for RQ4), never
+# by the trainer.
 #
 # Training is a local rule: Snakemake waits on `sf_mamba launch`, which submits the job (Slurm,
 # local subprocess or in-process debug), reattaches to it after a driver restart, and copies the
@@ -15,7 +17,7 @@ rule train:
     output:
         train_metrics("{experiment}", "{seed}"),
     params:
-        recipe=lambda wc: recipe_path(wc.experiment),
+        recipe=lambda wc: recipe_arg(wc.experiment),
         sets=lambda wc: shell_join(f"--set={s}" for s in train_overrides(wc.experiment, int(wc.seed))),
         run_dir=lambda wc, output: os.path.dirname(output[0]),
     threads: waiter_threads(config["train"]["resources"])
@@ -50,6 +52,23 @@ rule bench:
     shell:
         "OMP_NUM_THREADS={threads} sf_mamba bench --model {params.model} --model-kwargs {params.kwargs}"
         " --img-size {params.img_size} {params.protocol} --out {output} > {log} 2>&1"
+
+
+rule flops_experiment:
+    output:
+        experiment_flops_json("{experiment}"),
+    params:
+        model=lambda wc: EXPERIMENTS[wc.experiment]["model"],
+        kwargs=lambda wc: kwargs_json(model_kwargs(EXPERIMENTS[wc.experiment])),
+        img_size=config["flops"]["img_size"],
+    threads: 1
+    log:
+        "logs/flops/runs/{experiment}.log",
+    conda:
+        "../envs/sf_mamba.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} sf_mamba flops --model {params.model} --model-kwargs {params.kwargs}"
+        " --img-size {params.img_size} --out {output} > {log} 2>&1"
 
 
 rule flops:

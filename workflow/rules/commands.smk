@@ -24,8 +24,19 @@ def write_text(path, text):
 
 
 # ---------------------------------------------------------------- training
+SHIPPED_RECIPES = os.path.join(workflow.basedir, "sf_mamba", "configs", "train")
+
+
 def recipe_path(exp):
-    return os.path.join(config["train"]["recipe_dir"], f"{EXPERIMENTS[exp]['recipe']}.yaml")
+    """The recipe file of a sheet row (an input: editing it retrains)."""
+    recipe_dir = config["train"]["recipe_dir"] or SHIPPED_RECIPES
+    return os.path.relpath(os.path.join(recipe_dir, f"{EXPERIMENTS[exp]['recipe']}.yaml"))
+
+
+def recipe_arg(exp):
+    """What `sf_mamba train --config` gets: a shipped recipe by name (the installed package resolves
+    it, wherever the workflow runs), or the file in train.recipe_dir."""
+    return recipe_path(exp) if config["train"]["recipe_dir"] else EXPERIMENTS[exp]["recipe"]
 
 
 def recipe_chain(path):

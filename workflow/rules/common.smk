@@ -81,11 +81,16 @@ def bench_entries(exp, desc):
     return [{"kind": "bench", "path": bench_json(exp), **desc}] if config["bench"]["enabled"] else []
 
 
+def experiment_flops_entries(exp, desc):
+    """Params and MACs of a sheet row's model (counted by `sf_mamba flops`, not by the trainer)."""
+    return [{"kind": "flops", "path": experiment_flops_json(exp), **desc}]
+
+
 # ---------------------------------------------------------------- RQ1: scan designs
 research_question(
     "rq1_scan",
     outputs=["table.md", "table.tex", "table.csv", "accuracy_throughput.png", "accuracy_throughput.pdf"],
-    entries=lambda: sheet_entries("rq1_scan", bench_entries),
+    entries=lambda: sheet_entries("rq1_scan", bench_entries, experiment_flops_entries),
     sheet_rows=True,
 )
 

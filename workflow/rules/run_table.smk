@@ -89,6 +89,10 @@ def flops_json(model, family):
     return f"results/flops/{model}_{family}.json"
 
 
+def experiment_flops_json(exp):
+    return f"results/flops/runs/{exp}.json"
+
+
 def probe_json(exp):
     return f"results/rq3_aux/probe/{exp}/probe.json"
 
