@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -120,6 +120,7 @@ def depthwise_conv1d_same(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     return out
 
 
+@register_notrace_module  # FX: one leaf (fold, backend and the op's checks are Python on shapes)
 class MambaMixer(nn.Module):
     """MambaVision's mixer: in_proj -> {SSM half: conv, SiLU, selective scan | z half: conv, SiLU}
     -> concat -> out_proj. Input/output (batch, tokens, dim); ``hw`` is the window's (h, w) and is
@@ -291,6 +292,7 @@ class Stem(nn.Module):
         return self.conv_down(x)
 
 
+@register_notrace_function  # FX: the padding is Python arithmetic on the map size
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """NCHW -> (B * n_windows, window*window, C) raster-ordered sequences, zero-padding right/bottom."""
     batch, channels, height, width = x.shape
@@ -303,6 +305,7 @@ def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[
     return x, (height, width, hp, wp)
 
 
+@register_notrace_function
 def window_reverse(x: torch.Tensor, window: int, batch: int, sizes) -> torch.Tensor:
     height, width, hp, wp = sizes
     channels = x.shape[-1]
@@ -321,6 +324,16 @@ class ConvLevel(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
+
+
+@register_notrace_function  # FX cannot trace item assignment
+def swap_head_and_tail_(seq: torch.Tensor) -> torch.Tensor:
+    """Swap the first and last tokens of (B, L, C) ``seq`` in place (the block's residual add does
+    not need its output) and return it."""
+    head = seq[:, 0].clone()
+    seq[:, 0] = seq[:, -1]
+    seq[:, -1] = head
+    return seq
 
 
 class HybridLevel(nn.Module):
@@ -365,11 +378,8 @@ class HybridLevel(nn.Module):
 
     def _swap(self, seq: torch.Tensor, token_at_head: bool) -> tuple[torch.Tensor, bool]:
         """Parameter-free swap: the tail (which saw the whole window) moves to the head."""
-        if self.aux_tokens == 2:  # in place: the block's residual add does not need its output
-            head = seq[:, 0].clone()
-            seq[:, 0] = seq[:, -1]
-            seq[:, -1] = head
-            return seq, token_at_head
+        if self.aux_tokens == 2:
+            return swap_head_and_tail_(seq), token_at_head
         if token_at_head:  # one token: it alternates tail (aggregate) <-> head (broadcast)
             return torch.cat([seq[:, 1:], seq[:, :1]], dim=1), False
         return torch.cat([seq[:, -1:], seq[:, :-1]], dim=1), True
@@ -403,6 +413,19 @@ class HybridLevel(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
+
+
+@register_notrace_function  # FX (timm's feature extraction) keeps it as one call in the graph
+def check_image_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """``x`` itself if it is a floating (N, in_chans, H, W) tensor; otherwise a clear error."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"input must be an (N, C, H, W) tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"input has {x.shape[1]} channels, the model expects in_chans={in_chans}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating tensor, got {x.dtype}")
+    return x
 
 
 class SFMamba(nn.Module):
@@ -488,8 +511,13 @@ class SFMamba(nn.Module):
                     match_params=match_params, fold=fold, backend=backend,
                     mambavision_compat=mambavision_compat, d_state=d_state)
             levels.append(level)
-            self.feature_info.append(dict(num_chs=level_dim, reduction=4 * 2 ** i, module=f"levels.{i}"))
+            self.feature_info.append(dict(num_chs=level_dim, reduction=4 * 2 ** i, module=f"feature_taps.{i}"))
         self.levels = nn.ModuleList(levels)
+        # The named point where each level's map leaves it, before the downsample that the model
+        # applies. timm's FX feature extraction returns the last graph node under a feature_info
+        # module name, and under "levels.i" that node is the downsample. (No state: checkpoints keep
+        # MambaVision's key names.)
+        self.feature_taps = nn.ModuleList(nn.Identity() for _ in levels)
         self.num_features = self.head_hidden_size = dim * 8
         self.norm = nn.BatchNorm2d(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
@@ -552,19 +580,9 @@ class SFMamba(nn.Module):
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _check_input(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"input must be an (N, C, H, W) tensor, got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        in_chans = self.patch_embed.conv_down[0].in_channels
-        if x.shape[1] != in_chans:
-            raise ValueError(f"input has {x.shape[1]} channels, the model expects in_chans={in_chans}")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be a floating tensor, got {x.dtype}")
-
     def _run_level(self, index: int, x):
         level = self.levels[index]
-        feature = level(x)
+        feature = self.feature_taps[index](level(x))
         return feature, (level.downsample(feature) if level.downsample is not None else feature)
 
     def forward_intermediates(self, x, indices: Optional[Union[int, list]] = None, norm: bool = False,
@@ -572,7 +590,7 @@ class SFMamba(nn.Module):
                               intermediates_only: bool = False):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
+        x = check_image_input(x, self.patch_embed.conv_down[0].in_channels)
         take_indices, max_index = feature_take_indices(len(self.levels), indices)
         intermediates = []
         x = self.patch_embed(x)
@@ -592,6 +610,7 @@ class SFMamba(nn.Module):
                                   prune_head: bool = True):
         take_indices, max_index = feature_take_indices(len(self.levels), indices)
         self.levels = self.levels[:max_index + 1]
+        self.feature_taps = self.feature_taps[:max_index + 1]
         if self.levels[-1].downsample is not None:
             self.levels[-1].downsample = None
         if prune_norm:
@@ -601,7 +620,7 @@ class SFMamba(nn.Module):
         return take_indices
 
     def forward_features(self, x):
-        self._check_input(x)
+        x = check_image_input(x, self.patch_embed.conv_down[0].in_channels)
         x = self.patch_embed(x)
         for i in range(len(self.levels)):
             _, x = self._run_level(i, x)
