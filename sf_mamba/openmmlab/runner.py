@@ -145,8 +145,16 @@ def completed(work_dir: str | os.PathLike, cfg) -> dict | None:
 
 
 def set_data_root(cfg, root: str) -> None:
+    old_root = str(cfg.get("data_root") or "").rstrip("/")
     if "data_root" in cfg:
         cfg.data_root = str(root)  # the parse-time variable too, so config.json tells one story
+    # evaluators that read annotations themselves (mmdet's CocoMetric ann_file) follow the data root
+    for key in ("val_evaluator", "test_evaluator"):
+        evaluators = cfg.get(key)
+        for ev in (evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]):
+            ann = ev.get("ann_file") if ev is not None and hasattr(ev, "get") else None
+            if old_root and isinstance(ann, str) and ann.startswith(old_root + "/"):
+                ev["ann_file"] = os.path.join(str(root), ann[len(old_root) + 1:])
     for key in _DATALOADERS:
         loader = cfg.get(key)
         if loader is None:
@@ -181,8 +189,11 @@ def count_params(model) -> dict:
     return {"params": total, "params_backbone": backbone}
 
 
-def count_flops(model, input_shape) -> dict:
+def count_flops(model, input_shape, task: Task | None = None) -> dict:
     """MACs of one forward (``mode='tensor'``) at ``input_shape`` (C, H, W), by mmengine.analysis.
+
+    Detectors' tensor forward needs image metadata (the RPN decodes boxes within the image), so for
+    ``task=DET`` one data sample describing the unpadded input goes along.
 
     Convention: mmengine's fvcore-style counter reports one multiply-add as one "flop", i.e. MACs --
     the convention of mmseg's get_flops and of MambaVision's tables; ops it cannot count (the
@@ -194,11 +205,28 @@ def count_flops(model, input_shape) -> dict:
     model = unwrap(model)
     device = next(model.parameters()).device
     x = torch.zeros((1, *input_shape), device=device)
+    traced = model
+    if task is not None and task.name == "det":
+        from mmdet.structures import DetDataSample
+
+        hw = tuple(int(v) for v in input_shape[1:])
+        samples = [DetDataSample(metainfo=dict(img_shape=hw, ori_shape=hw, pad_shape=hw,
+                                               batch_input_shape=hw, scale_factor=(1.0, 1.0)))]
+
+        class _WithSamples(torch.nn.Module):  # the JIT tracer takes tensors only
+            def __init__(self, detector):
+                super().__init__()
+                self.detector = detector
+
+            def forward(self, inputs):
+                return self.detector(inputs, samples, mode="tensor")
+
+        traced = _WithSamples(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            analyzer = FlopAnalyzer(model, inputs=(x,))
+            analyzer = FlopAnalyzer(traced, inputs=(x,))
             analyzer.unsupported_ops_warnings(False)
             analyzer.uncalled_modules_warnings(False)
             flops = int(analyzer.total())
@@ -234,7 +262,7 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
         out.update(flops=None, flops_input_shape=list(shape) if shape else None, flops_unit="MACs")
     else:
         try:
-            out.update(count_flops(runner.model, tuple(shape)))
+            out.update(count_flops(runner.model, tuple(shape), task))
         except Exception as err:  # a FLOP count must never lose a finished run
             out.update(flops=None, flops_input_shape=list(shape), flops_unit="MACs",
                        flops_error=f"{type(err).__name__}: {err}")
