@@ -31,6 +31,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "seg-data": ("sf_mamba.seg.data", "materialise the small real offline segmentation set"),
     "seg-train": ("sf_mamba.seg.train", "train a UperNet segmentor on mmsegmentation"),
     "seg-test": ("sf_mamba.seg.test", "evaluate a segmentor checkpoint: mIoU/mAcc/aAcc"),
+    "det-data": ("sf_mamba.det.data", "materialise the small real offline instance set (COCO format)"),
+    "det-train": ("sf_mamba.det.train", "train a (Cascade) Mask R-CNN detector on mmdetection"),
+    "det-test": ("sf_mamba.det.test", "evaluate a detector checkpoint: COCO box/mask AP"),
 }
 
 

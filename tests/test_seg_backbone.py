@@ -15,7 +15,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import sf_mamba  # noqa: E402,F401
-from sf_mamba.seg.backbone import (  # noqa: E402
+from sf_mamba.openmmlab.backbone import (  # noqa: E402
     LayerNorm2d, SFMambaBackbone, extract_state_dict, map_classifier_state_dict)
 
 ARCH = "sf_mamba_micro"
@@ -61,8 +61,8 @@ def test_registered_through_custom_imports():
     from mmseg.registry import MODELS
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "seg" / "smoke.py"
-    cfg = Config.fromfile(str(smoke))  # imports sf_mamba.seg.backbone via custom_imports
-    assert cfg.custom_imports["imports"] == ["sf_mamba.seg.backbone"]
+    cfg = Config.fromfile(str(smoke))  # imports sf_mamba.openmmlab.backbone via custom_imports
+    assert cfg.custom_imports["imports"] == ["sf_mamba.openmmlab.backbone"]
     assert cfg.custom_imports["allow_failed_imports"] is False
     assert MODELS.get("SFMambaBackbone") is SFMambaBackbone
     bb = MODELS.build(cfg.model.backbone)

@@ -35,13 +35,13 @@ def _py(code: str, **env) -> subprocess.CompletedProcess:
 def test_without_compiled_ops_upernet_runs_on_the_stub():
     out = _py("""
         import os, torch
-        from sf_mamba.seg.compat import MmcvOpsUnavailable, ensure_mmcv_ops, has_compiled_ops
+        from sf_mamba.openmmlab.compat import MmcvOpsUnavailable, ensure_mmcv_ops, has_compiled_ops
         assert not has_compiled_ops()
         os.environ["SF_MAMBA_NO_MMCV_STUB"] = "1"           # opt-out: a clear error instead
         try:
             ensure_mmcv_ops()
         except MmcvOpsUnavailable as err:
-            assert "docs/segmentation.md" in str(err) and "mmcv-lite" in str(err), err
+            assert "docs/install.md" in str(err) and "mmcv-lite" in str(err), err
         else:
             raise AssertionError("no error with SF_MAMBA_NO_MMCV_STUB=1")
         del os.environ["SF_MAMBA_NO_MMCV_STUB"]
@@ -74,7 +74,7 @@ def test_without_compiled_ops_upernet_runs_on_the_stub():
 
 
 def test_full_mmcv_uses_compiled_ops():
-    from sf_mamba.seg.compat import ensure_mmcv_ops, has_compiled_ops
+    from sf_mamba.openmmlab.compat import ensure_mmcv_ops, has_compiled_ops
 
     if not has_compiled_ops():
         pytest.skip("this environment has mmcv-lite")

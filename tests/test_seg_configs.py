@@ -41,7 +41,7 @@ def test_base_configs_come_from_mmseg_by_package_scope():
 def test_ade20k_recipe(stem):
     arch, scan, lr, windows = ADE[stem]
     cfg = Config.fromfile(str(SEG / f"{stem}.py"))
-    assert cfg.custom_imports == dict(imports=["sf_mamba.seg.backbone"], allow_failed_imports=False)
+    assert cfg.custom_imports == dict(imports=["sf_mamba.openmmlab.backbone"], allow_failed_imports=False)
     bb = cfg.model.backbone
     # _delete_ removed every Swin key of upernet_swin.py: only adapter + model keys remain
     assert set(bb) == {"type", "arch", "out_indices", "out_norm", "drop_path_rate", "window_size",

@@ -130,7 +130,7 @@ def test_seg_test_reproduces_the_final_val(resumed_run, tmp_path, tiny_data):
 def _safe_load(path):
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from sf_mamba.seg.safe_load import mmengine_safe_globals
+    from sf_mamba.openmmlab.safe_load import mmengine_safe_globals
 
     with mmengine_safe_globals():
         return CheckpointLoader.load_checkpoint(str(path), map_location="cpu")

@@ -7,7 +7,7 @@
 # channels, BN instead of SyncBN, fp32 (no AMP), 2 classes, 64x64 images, a few hundred iterations.
 _base_ = ['mmseg::_base_/default_runtime.py']
 
-custom_imports = dict(imports=['sf_mamba.seg.backbone'], allow_failed_imports=False)
+custom_imports = dict(imports=['sf_mamba.openmmlab.backbone'], allow_failed_imports=False)
 
 data_root = 'data/seg_smoke'
 crop_size = (64, 64)

@@ -23,11 +23,8 @@ is an error unless ``--force``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -91,35 +88,22 @@ def make_sample(rng: np.random.Generator, src: dict[str, np.ndarray], size: int,
     return np.repeat(img[:, :, None], 3, axis=2), mask.astype(np.uint8)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build(out: str | os.PathLike, n_train: int = 96, n_val: int = 24, size: int = 64, seed: int = 0,
           texture_scale: float = 0.5, force: bool = False) -> dict:
     """Materialise the set at ``out`` (atomically, idempotently); returns the manifest."""
     from PIL import Image
 
-    out = Path(out)
+    from sf_mamba.openmmlab.smoke_dir import materialise, sha256
+
     params = dict(format_version=FORMAT_VERSION, n_train=n_train, n_val=n_val, size=size, seed=seed,
                   texture_scale=texture_scale, foreground=FOREGROUND, backgrounds=list(BACKGROUNDS))
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("params") == params:
-            return old
-        if not force:
-            raise FileExistsError(f"{out} holds a segmentation set built with other parameters "
-                                  f"({old.get('params')}); pass --force to rebuild")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists, is not empty and has no manifest.json; pass --force")
-    if size < 32 or size > 512 * texture_scale:
-        raise ValueError(f"size must be in [32, {int(512 * texture_scale)}] (texture_scale {texture_scale})")
+    manifest_path = Path(out) / "manifest.json"
+    if not (manifest_path.is_file() and json.loads(manifest_path.read_text()).get("params") == params):
+        if size < 32 or size > 512 * texture_scale:
+            raise ValueError(f"size must be in [32, {int(512 * texture_scale)}] (texture_scale {texture_scale})")
 
-    src = _load_sources(texture_scale)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    def write(tmp: Path) -> dict:
+        src = _load_sources(texture_scale)
         rng = np.random.default_rng(seed)
         files, stats = {}, {}
         for split, n in (("train", n_train), ("val", n_val)):
@@ -132,26 +116,15 @@ def build(out: str | os.PathLike, n_train: int = 96, n_val: int = 24, size: int 
                 Image.fromarray(img, mode="RGB").save(ip)
                 Image.fromarray(lab, mode="L").save(ap)
                 fg_pixels += int(lab.sum())
-                files[str(ip.relative_to(tmp))] = _sha256(ip)
-                files[str(ap.relative_to(tmp))] = _sha256(ap)
+                files[str(ip.relative_to(tmp))] = sha256(ip)
+                files[str(ap.relative_to(tmp))] = sha256(ap)
             total = n * size * size
             stats[split] = dict(images=n, pixels=total, foreground_fraction=fg_pixels / max(total, 1))
-        manifest = dict(params=params, classes=list(CLASSES), palette=PALETTE, stats=stats,
-                        trivial_all_background=trivial_baseline(stats["val"]["foreground_fraction"]),
-                        files=files,
-                        sources="scikit-image wheel skimage/data/{horse,grass,brick}.png")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # force: move the old tree aside, then swap
-            old_tree = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old_tree / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old_tree, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+        return dict(classes=list(CLASSES), palette=PALETTE, stats=stats,
+                    trivial_all_background=trivial_baseline(stats["val"]["foreground_fraction"]),
+                    files=files, sources="scikit-image wheel skimage/data/{horse,grass,brick}.png")
+
+    return materialise(out, params, write, what="segmentation set", force=force)
 
 
 def trivial_baseline(foreground_fraction: float) -> dict:

@@ -1,4 +1,10 @@
-"""Shared plumbing of ``sf_mamba seg-train`` / ``seg-test``: config, Runner, metrics.json, meta.json."""
+"""Shared plumbing of ``sf_mamba {seg,det}-{train,test}``: config, Runner, auto-resume, safe checkpoint
+loading, metrics.json, meta.json.
+
+Segmentation (mmseg) and detection (mmdet) runs differ only in a :class:`Task` (metric names and
+scale, the package to record, the data command to suggest, the compiled mmcv ops they need); the
+train/test flow (:func:`run_train`, :func:`run_test`) is one piece of code for both.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import copy
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +22,41 @@ from sf_mamba.utils.provenance import build_meta, canonical_json, config_hash
 # Keys of the resolved config that say *where*/*how* a run executes, not *what* it computes.
 _VOLATILE_KEYS = ("work_dir", "resume", "load_from", "launcher")
 _DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
-METRIC_KEYS = ("mIoU", "mAcc", "aAcc")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between the seg-* and det-* commands."""
+
+    name: str                     # 'seg' | 'det': command prefix and meta.json kind
+    metrics: tuple[tuple[str, str, float], ...]  # (metrics.json key, evaluator key, scale to percent)
+    package: str                  # distribution recorded in meta.json versions
+    data_command: str             # the command that builds the smoke set (for error messages)
+    required_ops: tuple[str, ...] = ()  # mmcv._ext ops the models call (checked before anything runs)
+    headline: tuple[str, ...] = ()      # metrics printed after a run
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _, _ in self.metrics)
+
+
+SEG = Task(name="seg", metrics=(("mIoU", "mIoU", 1.0), ("mAcc", "mAcc", 1.0), ("aAcc", "aAcc", 1.0)),
+           package="mmsegmentation", data_command="seg-data", headline=("mIoU", "mAcc", "aAcc"))
+# mmdet's CocoMetric reports AP as a fraction rounded to 3 decimals: x100 gives percent (0.1 steps).
+DET = Task(name="det",
+           metrics=tuple((f"{short}_ap{suffix}", f"coco/{kind}_mAP{suffix}", 100.0)
+                         for kind, short in (("bbox", "box"), ("segm", "mask"))
+                         for suffix in ("", "_50", "_75", "_s", "_m", "_l")),
+           package="mmdet", data_command="det-data", headline=("box_ap", "mask_ap"))
+for _t in (SEG, DET):  # metrics.json keys never clash with the bookkeeping keys
+    assert not set(_t.metric_keys) & {"params", "flops", "iter", "kind", "config"}
+METRIC_KEYS = SEG.metric_keys  # backwards-compatible name (segmentation)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     from mmengine.config import DictAction
 
-    parser.add_argument("--config", required=True, help="mmseg config file (configs/seg/*.py)")
+    parser.add_argument("--config", required=True, help="mmseg/mmdet config file (configs/seg/*.py, configs/det/*.py)")
     parser.add_argument("--work-dir", required=True, help="run directory: checkpoints, logs, *.json")
     parser.add_argument("--data-root", default=None,
                         help="dataset root; replaces data_root of the train/val/test datasets")
@@ -43,20 +78,31 @@ def fail(command: str, err: BaseException) -> int:
     return 2
 
 
-def load_config(args: argparse.Namespace):
+def check_ops(task: Task, command: str) -> None:
+    """Refuse at start when the task's models call compiled mmcv ops this install lacks (mmcv-lite)."""
+    from sf_mamba.openmmlab.compat import INSTALL_HINT, missing_compiled_ops
+
+    missing = missing_compiled_ops(task.required_ops) if task.required_ops else []
+    if missing:
+        raise BadInput(f"{command} needs mmcv's compiled ops ({', '.join(missing)}), which this environment "
+                       f"lacks (mmcv-lite or a broken mmcv._ext); {INSTALL_HINT}")
+
+
+def load_config(args: argparse.Namespace, task: Task = SEG, command: str | None = None):
     """Config.fromfile + --cfg-options + --data-root + work_dir/launcher; imports custom modules."""
-    from sf_mamba.seg.compat import MmcvOpsUnavailable, ensure_mmcv_ops
+    from sf_mamba.openmmlab.compat import MmcvOpsUnavailable, ensure_mmcv_ops
 
     try:
         ensure_mmcv_ops()
     except MmcvOpsUnavailable as err:
         raise BadInput(str(err)) from err
+    check_ops(task, command or f"{task.name}-train")
     from mmengine.config import Config
 
     if not os.path.isfile(args.config):
         raise BadInput(f"config file {args.config!r} not found")
     if args.data_root:
-        check_data_root(args.data_root)
+        check_data_root(args.data_root, task)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -67,10 +113,11 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
-def check_data_root(root: str) -> None:
-    """The mmseg layout ``sf_mamba seg-data`` writes (ADE20K roots are checked by mmseg itself)."""
+def check_data_root(root: str, task: Task = SEG) -> None:
+    """The root must exist (its layout is checked by mmseg/mmdet's datasets when they load)."""
     if not os.path.isdir(root):
-        raise BadInput(f"data root {root!r} does not exist (build it with `sf_mamba seg-data --out {root}`)")
+        raise BadInput(f"data root {root!r} does not exist "
+                       f"(build it with `sf_mamba {task.data_command} --out {root}`)")
 
 
 def build_runner(cfg):
@@ -84,7 +131,7 @@ def build_runner(cfg):
 
 
 def completed(work_dir: str | os.PathLike, cfg) -> dict | None:
-    """metrics.json of a finished seg-train run of this very config in ``work_dir``, else None."""
+    """metrics.json of a finished *-train run of this very config in ``work_dir``, else None."""
     import json
 
     work_dir = Path(work_dir)
@@ -98,8 +145,16 @@ def completed(work_dir: str | os.PathLike, cfg) -> dict | None:
 
 
 def set_data_root(cfg, root: str) -> None:
+    old_root = str(cfg.get("data_root") or "").rstrip("/")
     if "data_root" in cfg:
         cfg.data_root = str(root)  # the parse-time variable too, so config.json tells one story
+    # evaluators that read annotations themselves (mmdet's CocoMetric ann_file) follow the data root
+    for key in ("val_evaluator", "test_evaluator"):
+        evaluators = cfg.get(key)
+        for ev in (evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]):
+            ann = ev.get("ann_file") if ev is not None and hasattr(ev, "get") else None
+            if old_root and isinstance(ann, str) and ann.startswith(old_root + "/"):
+                ev["ann_file"] = os.path.join(str(root), ann[len(old_root) + 1:])
     for key in _DATALOADERS:
         loader = cfg.get(key)
         if loader is None:
@@ -134,8 +189,11 @@ def count_params(model) -> dict:
     return {"params": total, "params_backbone": backbone}
 
 
-def count_flops(model, input_shape) -> dict:
+def count_flops(model, input_shape, task: Task | None = None) -> dict:
     """MACs of one forward (``mode='tensor'``) at ``input_shape`` (C, H, W), by mmengine.analysis.
+
+    Detectors' tensor forward needs image metadata (the RPN decodes boxes within the image), so for
+    ``task=DET`` one data sample describing the unpadded input goes along.
 
     Convention: mmengine's fvcore-style counter reports one multiply-add as one "flop", i.e. MACs --
     the convention of mmseg's get_flops and of MambaVision's tables; ops it cannot count (the
@@ -147,11 +205,28 @@ def count_flops(model, input_shape) -> dict:
     model = unwrap(model)
     device = next(model.parameters()).device
     x = torch.zeros((1, *input_shape), device=device)
+    traced = model
+    if task is not None and task.name == "det":
+        from mmdet.structures import DetDataSample
+
+        hw = tuple(int(v) for v in input_shape[1:])
+        samples = [DetDataSample(metainfo=dict(img_shape=hw, ori_shape=hw, pad_shape=hw,
+                                               batch_input_shape=hw, scale_factor=(1.0, 1.0)))]
+
+        class _WithSamples(torch.nn.Module):  # the JIT tracer takes tensors only
+            def __init__(self, detector):
+                super().__init__()
+                self.detector = detector
+
+            def forward(self, inputs):
+                return self.detector(inputs, samples, mode="tensor")
+
+        traced = _WithSamples(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            analyzer = FlopAnalyzer(model, inputs=(x,))
+            analyzer = FlopAnalyzer(traced, inputs=(x,))
             analyzer.unsupported_ops_warnings(False)
             analyzer.uncalled_modules_warnings(False)
             flops = int(analyzer.total())
@@ -168,7 +243,7 @@ def sf_mamba_extras(cfg) -> dict:
 
 
 def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, kind: str,
-                  no_flops: bool, started: float, extra_meta: dict | None = None) -> dict:
+                  no_flops: bool, started: float, extra_meta: dict | None = None, task: Task = SEG) -> dict:
     """meta.json first, metrics.json last (both atomic). Returns the metrics dict written."""
     from mmengine.dist import is_main_process
 
@@ -177,7 +252,8 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
     import torch
 
     work_dir = Path(work_dir)
-    out: dict[str, Any] = {k: (float(metrics[k]) if k in metrics else None) for k in METRIC_KEYS}
+    out: dict[str, Any] = {key: (round(float(metrics[src]) * scale, 6) if _finite(metrics.get(src)) else None)
+                           for key, src, scale in task.metrics}
     out["metrics_unit"] = "percent"
     out.update(count_params(runner.model))
     extras = sf_mamba_extras(cfg)
@@ -186,7 +262,7 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
         out.update(flops=None, flops_input_shape=list(shape) if shape else None, flops_unit="MACs")
     else:
         try:
-            out.update(count_flops(runner.model, tuple(shape)))
+            out.update(count_flops(runner.model, tuple(shape), task))
         except Exception as err:  # a FLOP count must never lose a finished run
             out.update(flops=None, flops_input_shape=list(shape), flops_unit="MACs",
                        flops_error=f"{type(err).__name__}: {err}")
@@ -200,7 +276,7 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
     meta = build_meta(config=resolved, seed=_seed(cfg, runner),
                       device=next(unwrap(runner.model).parameters()).device,
                       extra={
-                          "kind": f"seg-{kind}",
+                          "kind": f"{task.name}-{kind}",
                           "config_file": str(cfg.filename) if cfg.filename else None,
                           "work_dir": str(work_dir),
                           "wall_s": round(time.time() - started, 3),
@@ -211,7 +287,7 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
                           **(extra_meta or {}),
                       })
     meta["versions"].setdefault("mmcv-lite", _version("mmcv-lite"))
-    meta["versions"].setdefault("mmsegmentation", _version("mmsegmentation"))
+    meta["versions"].setdefault(task.package, _version(task.package))
     atomic_write_json(work_dir / "config.json", resolved)
     atomic_write_json(work_dir / "meta.json", meta)
     out["config_sha256"] = meta["config_sha256"]
@@ -229,12 +305,24 @@ def _iters(runner, kind: str, checkpoint: str | None) -> tuple[int | None, int |
     if checkpoint:
         import torch
 
-        from sf_mamba.seg.safe_load import mmengine_safe_globals
+        from sf_mamba.openmmlab.safe_load import mmengine_safe_globals
 
         with mmengine_safe_globals():
             meta = torch.load(checkpoint, map_location="cpu").get("meta", {})
         return (int(meta["iter"]) if "iter" in meta else None), None
     return None, None
+
+
+def _finite(value) -> bool:
+    """A real metric value (CocoMetric reports -1 for 'no such objects', e.g. no small ones)."""
+    import math
+    import numbers
+
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(value) and value >= 0 and isinstance(value, numbers.Real)
 
 
 def _number(value):
@@ -264,7 +352,7 @@ def _world_size() -> int:
 
 
 def _mmcv_ops() -> str:
-    from sf_mamba.seg.compat import has_compiled_ops
+    from sf_mamba.openmmlab.compat import has_compiled_ops
 
     return "compiled" if has_compiled_ops() else "stub"
 
@@ -276,3 +364,72 @@ def _version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# ---------------------------------------------------------------------------- the two commands
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start from scratch even if DIR holds checkpoints")
+
+
+def add_test_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="mmengine checkpoint (iter_N.pth)")
+
+
+def _summary(task: Task, out: dict) -> str:
+    return ", ".join(f"{k} {out[k]:.2f}" for k in task.headline if out.get(k) is not None)
+
+
+def run_train(args: argparse.Namespace, task: Task) -> int:
+    """Train with auto-resume, then test on the val split; metrics.json last. See seg/train.py."""
+    from sf_mamba.openmmlab.safe_load import mmengine_safe_globals
+
+    command = f"{task.name}-train"
+    started = time.time()
+    try:
+        cfg = load_config(args, task, command)
+        cfg.resume = not args.no_resume
+        cfg.load_from = None
+        done = completed(cfg.work_dir, cfg)
+        if done is not None and not args.no_resume:
+            print(f"{command}: {cfg.work_dir} already holds a finished run of this config "
+                  f"({_summary(task, done)}); nothing to do")
+            return 0
+        runner = build_runner(cfg)
+    except BadInput as err:
+        return fail(command, err)
+    with mmengine_safe_globals():
+        runner.train()
+        metrics = runner.test()
+    out = write_results(cfg.work_dir, cfg, metrics, runner, kind="train", no_flops=args.no_flops,
+                        started=started, task=task)
+    if out:
+        print(f"{command}: {_summary(task, out)}; params {out['params']:,}; wrote {cfg.work_dir}/metrics.json")
+    return 0
+
+
+def run_test(args: argparse.Namespace, task: Task) -> int:
+    """Evaluate one checkpoint (loaded under the safe allow-list); metrics.json last."""
+    from sf_mamba.openmmlab.safe_load import mmengine_safe_globals
+
+    command = f"{task.name}-test"
+    started = time.time()
+    try:
+        if not os.path.isfile(args.checkpoint):
+            raise BadInput(f"checkpoint {args.checkpoint!r} does not exist")
+        cfg = load_config(args, task, command)
+        cfg.resume = False
+        cfg.load_from = os.path.abspath(args.checkpoint)
+        runner = build_runner(cfg)
+    except BadInput as err:
+        return fail(command, err)
+    with mmengine_safe_globals():
+        metrics = runner.test()
+    out = write_results(cfg.work_dir, cfg, metrics, runner, kind="test", no_flops=args.no_flops,
+                        started=started, extra_meta={"checkpoint": os.path.abspath(args.checkpoint)},
+                        task=task)
+    if out:
+        print(f"{command}: {_summary(task, out)}; wrote {cfg.work_dir}/metrics.json")
+    return 0

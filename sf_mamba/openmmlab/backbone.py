@@ -1,9 +1,10 @@
-"""mmsegmentation backbone adapter for the SF-Mamba family (any timm ``features_only`` model).
+"""OpenMMLab backbone adapter for the SF-Mamba family (any timm ``features_only`` model).
 
-Importing this module registers ``SFMambaBackbone`` in ``mmseg.registry.MODELS``; configs load it with
-``custom_imports=dict(imports=['sf_mamba.seg.backbone'], allow_failed_imports=False)``.
+One class for both downstream tasks: importing this module registers ``SFMambaBackbone`` in
+``mmseg.registry.MODELS`` and in ``mmdet.registry.MODELS`` (each if that package is installed); configs
+load it with ``custom_imports=dict(imports=['sf_mamba.openmmlab.backbone'], allow_failed_imports=False)``.
 
-Design rules (see docs/segmentation.md):
+Design rules (see docs/segmentation.md, docs/detection.md):
 
 * The backbone is ``timm.create_model(arch, features_only=True, out_indices=..., **model_kwargs)``.
   *Every* key of the config dict other than the adapter's own (``arch``, ``out_indices``,
@@ -20,6 +21,7 @@ Design rules (see docs/segmentation.md):
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from typing import Any, Sequence
@@ -27,13 +29,29 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from sf_mamba.seg.compat import ensure_mmcv_ops
+from sf_mamba.openmmlab.compat import ensure_mmcv_ops
 
-ensure_mmcv_ops()  # before mmseg: with mmcv-lite, stub mmcv._ext so mmseg.models imports
+ensure_mmcv_ops()  # before mmseg/mmdet: with mmcv-lite, stub mmcv._ext so their models import
 
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.model import BaseModule  # noqa: E402
-from mmseg.registry import MODELS  # noqa: E402
+
+# The downstream packages whose MODELS registry gets the adapter (each optional: a seg-only install
+# has no mmdet; scope names as in the configs' default_scope).
+TASK_PACKAGES: tuple[str, ...] = ("mmseg", "mmdet")
+
+
+def _task_registries() -> dict:
+    found = {}
+    for package in TASK_PACKAGES:
+        try:
+            found[package] = importlib.import_module(f"{package}.registry").MODELS
+        except ImportError:
+            continue
+    if not found:
+        raise ImportError("sf_mamba.openmmlab.backbone needs mmsegmentation or mmdet: "
+                          "pip install -e '.[seg]' or '.[det]'")
+    return found
 
 # Top-level module names that belong to the classifier only (head and the norm before pooling).
 # Checkpoint keys under these prefixes are "expected unexpected" when loading into a feature model.
@@ -136,7 +154,6 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
-@MODELS.register_module()
 class SFMambaBackbone(BaseModule):
     """Four-level feature pyramid (strides 4/8/16/32) from a timm ``features_only`` model.
 
@@ -237,5 +254,10 @@ class SFMambaBackbone(BaseModule):
         return report
 
 
-__all__ = ["SFMambaBackbone", "LayerNorm2d", "extract_state_dict", "map_classifier_state_dict",
+# The same class object in every task registry: one adapter, no per-task copy.
+REGISTRIES = _task_registries()
+for _registry in REGISTRIES.values():
+    _registry.register_module(module=SFMambaBackbone)
+
+__all__ = ["SFMambaBackbone", "REGISTRIES", "LayerNorm2d", "extract_state_dict", "map_classifier_state_dict",
            "CLASSIFIER_PREFIXES", "STATE_DICT_KEYS"]

@@ -1,0 +1,7 @@
+# Cascade Mask R-CNN + SF-Mamba-T on COCO 2017, 3x, multi-scale (recipe: ./_base_/cascade-mask-rcnn_sf_mamba_fpn_3x_coco.py).
+_base_ = ['./_base_/cascade-mask-rcnn_sf_mamba_fpn_3x_coco.py']
+
+model = dict(
+    backbone=dict(arch='sf_mamba_t', scan='swap'),
+    neck=dict(in_channels=[80, 160, 320, 640]))
+optim_wrapper = dict(optimizer=dict(lr=1e-4))

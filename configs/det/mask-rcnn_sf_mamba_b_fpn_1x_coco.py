@@ -1,0 +1,6 @@
+# Mask R-CNN + SF-Mamba-B on COCO 2017, 1x, single-scale (recipe: ./_base_/mask-rcnn_sf_mamba_fpn_1x_coco.py).
+_base_ = ['./_base_/mask-rcnn_sf_mamba_fpn_1x_coco.py']
+
+model = dict(
+    backbone=dict(arch='sf_mamba_b', scan='swap'),
+    neck=dict(in_channels=[128, 256, 512, 1024]))
