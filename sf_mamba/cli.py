@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "seg-data": ("sf_mamba.seg.data", "materialise the small real offline segmentation set"),
     "seg-train": ("sf_mamba.seg.train", "train a UperNet segmentor on mmsegmentation"),
     "seg-test": ("sf_mamba.seg.test", "evaluate a segmentor checkpoint: mIoU/mAcc/aAcc"),
+    "fc-train": ("sf_mamba.future_context.train", "future-context task (digits as segmentation): train, evaluate by region, probe"),
 }
 
 

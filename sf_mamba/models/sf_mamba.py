@@ -742,3 +742,10 @@ def sf_mamba_l(pretrained: bool = False, **kwargs) -> SFMamba:
 def sf_mamba_micro(pretrained: bool = False, **kwargs) -> SFMamba:
     """SF-Mamba-micro: not a paper variant; a tiny model for CPU smoke runs and tests."""
     return _create("micro", pretrained, **kwargs)
+
+
+@register_model
+def sf_mamba_micro2(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-micro2: micro with 4 blocks per hybrid level (2 Mamba layers with attention on);
+    not a paper variant: the model of RQ3's CPU future-context study."""
+    return _create("micro2", pretrained, **kwargs)
