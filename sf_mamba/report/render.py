@@ -370,7 +370,7 @@ def render_rq3(runs: pd.DataFrame, out: Path) -> None:
             status = dict(zip(_col(probes, "experiment"), _col(probes, "status")))
             table["probe"] = summary["experiment"].map(lambda e: status.get(e, MISSING))
     write_table(out, [("aux-token settings", table)], TITLES["rq3_aux"], "tab:rq3_aux",
-                notes=["Δtop-1 is against the default SF-Mamba setting (experiment swap_attn: 1 learnable aux "
+                notes=["Δtop-1 is against the default SF-Mamba setting (experiment swap_attn: 2 learnable aux "
                        "token, discarded before attention).",
                        "Probe columns come from `sf_mamba probe` (JSON); see its documentation for their meaning."])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=len(summary) > 0)
