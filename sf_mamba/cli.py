@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "det-data": ("sf_mamba.det.data", "materialise the small real offline instance set (COCO format)"),
     "det-train": ("sf_mamba.det.train", "train a (Cascade) Mask R-CNN detector on mmdetection"),
     "det-test": ("sf_mamba.det.test", "evaluate a detector checkpoint: COCO box/mask AP"),
+    "fc-train": ("sf_mamba.future_context.train", "future-context task (digits as segmentation): train, evaluate by region, probe"),
 }
 
 

@@ -47,12 +47,58 @@ def test_swap_is_the_default_and_adds_only_aux_tokens():
     with torch.device("meta"):
         swap = timm.create_model("sf_mamba_t")
         uni = timm.create_model("sf_mamba_t", scan="uni")
-    assert swap.scan == "swap" and swap.aux_tokens == 1
-    # one learnable token per hybrid level, of width 4C and 8C
-    assert n_params(swap) - n_params(uni) == 320 + 640
+    assert swap.scan == "swap" and swap.aux_tokens == 2
+    # two learnable tokens (prepended + appended) per hybrid level, of width 4C and 8C
+    assert n_params(swap) - n_params(uni) == 2 * (320 + 640)
+    assert [tuple(level.aux_embed.shape) for level in swap.levels[2:]] == [(2, 320), (2, 640)]
     with torch.device("meta"):
-        two = timm.create_model("sf_mamba_t", aux_tokens=2)
-    assert n_params(two) - n_params(uni) == 2 * (320 + 640)
+        one = timm.create_model("sf_mamba_t", aux_tokens=1)
+    assert n_params(one) - n_params(uni) == 320 + 640
+
+
+def test_two_aux_tokens_are_prepended_and_appended():
+    level = timm.create_model("sf_mamba_micro", **MICRO).levels[2]
+    seq = torch.zeros(1, 3, 64)
+    with torch.no_grad():
+        level.aux_embed.copy_(torch.stack([torch.full((64,), 1.0), torch.full((64,), 2.0)]))
+    out = level._add_aux(seq)
+    assert out[0, :, 0].tolist() == [1.0, 0.0, 0.0, 0.0, 2.0]
+
+
+def test_micro2_has_two_mamba_layers_per_hybrid_level_with_attention():
+    model = timm.create_model("sf_mamba_micro2", **MICRO)
+    for level in model.levels[2:]:
+        assert "".join("M" if b.is_mamba else "A" for b in level.blocks) == "MMAA"
+    off = timm.create_model("sf_mamba_micro2", attention=False, **MICRO)
+    assert all(b.is_mamba for level in off.levels[2:] for b in level.blocks)
+
+
+def test_adventurer_flips_patches_and_keeps_a_mean_heading_token():
+    model = timm.create_model("sf_mamba_micro2", scan="adventurer", attention=False, **MICRO)
+    level = model.levels[2]
+    assert level.aux_tokens == 1 and level.aux_embed is None          # parameter-free, mean-initialised
+    mixers = [b.mixer for b in level.blocks]
+    assert [m.directions for m in mixers] == [("forward",), ("backward",)] * 2
+    assert n_params(model) == n_params(timm.create_model("sf_mamba_micro2", scan="uni", attention=False,
+                                                           **MICRO))
+    seq = torch.randn(2, 4, 64)
+    added = level._add_aux(seq)
+    torch.testing.assert_close(added[:, 0], seq.mean(1))              # the heading average, at the head
+    torch.testing.assert_close(added[:, 1:], seq)
+    # the backward layer scans [head, p_N ... p_1]: the head token is still read first, so the
+    # head's output depends on no patch (it is the first token of the scan in both directions)
+    mixer = mixers[1]
+    tokens = torch.randn(1, 5, 64, requires_grad=True)
+    out = mixer(tokens, hw=(2, 2), aux_tokens=1, aux_at_head=True)
+    # the head reads only itself and, through the k=3 conv, its raster neighbour
+    (grad,) = torch.autograd.grad(out[0, 0].sum(), tokens, retain_graph=True)
+    assert grad[0, 2:].abs().sum() == 0 and grad[0, 0].abs().sum() > 0
+    # backward layer order [head, p4, p3, p2, p1]: the first raster patch is scanned last and sees
+    # every token; the last raster patch, scanned right after the head, does not see p2
+    (grad,) = torch.autograd.grad(out[0, 1].sum(), tokens, retain_graph=True)
+    assert torch.all(grad[0].abs().sum(-1) > 0)
+    (grad,) = torch.autograd.grad(out[0, 4].sum(), tokens)
+    assert grad[0, 2].abs().sum() == 0 and grad[0, 0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("scan", SCANS)
@@ -69,7 +115,7 @@ def test_forward_backward_every_scan(scan, attention):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(aux_tokens=1), dict(aux_tokens=0), dict(aux_init="mean"), dict(aux_discard="stage_end"),
+    dict(aux_tokens=1), dict(aux_tokens=0), dict(aux_init="mean"), dict(aux_tokens=1, aux_init="mean"), dict(aux_discard="stage_end"),
     dict(swap_every=2), dict(scan="uni", aux_tokens=2), dict(fold=2), dict(fold="auto"),
     dict(backend="reference"), dict(mambavision_compat=True), dict(drop_path_rate=0.1, layer_scale=1e-5),
 ])
@@ -112,9 +158,9 @@ def test_attention_switch_controls_block_types():
     assert all(b.is_mamba for level in no_attn.levels[2:] for b in level.blocks)
 
 
-def _stage3_input_gradient(scan, query):
+def _stage3_input_gradient(scan, query, **kwargs):
     """d(stage-3 output token `query`) / d(stage-3 input tokens), summed over channels: (14*14,)."""
-    model = timm.create_model("sf_mamba_micro", scan=scan, attention=False, **MICRO)
+    model = timm.create_model("sf_mamba_micro", scan=scan, attention=False, **MICRO, **kwargs)
     level = model.levels[2]
     assert isinstance(level, HybridLevel)
     window = level.window
@@ -124,12 +170,13 @@ def _stage3_input_gradient(scan, query):
     return x.grad.abs().sum(1).flatten()
 
 
-def test_central_claim_uni_cannot_see_the_future_swap_can():
+@pytest.mark.parametrize("aux_tokens", [2, 1])
+def test_central_claim_uni_cannot_see_the_future_swap_can(aux_tokens):
     query = 20
     n_mamba = 2  # micro's stage 3; each Mamba layer's k=3 'same' conv looks one token ahead
     reach = query + n_mamba
     grad_uni = _stage3_input_gradient("uni", query)
-    grad_swap = _stage3_input_gradient("swap", query)
+    grad_swap = _stage3_input_gradient("swap", query, aux_tokens=aux_tokens)
     assert grad_uni[:query + 1].sum() > 0
     assert torch.all(grad_uni[reach + 1:] == 0), "uni scan leaked information from the future"
     # The swapped tail token carries the whole window: every future token reaches the query.
@@ -269,6 +316,7 @@ def test_forward_features_and_head_api():
     (dict(scan="zigzag"), "scan must be one of"),
     (dict(aux_tokens=3), "aux_tokens must be 0, 1 or 2"),
     (dict(scan="cross4", aux_tokens=2), "aux_tokens=2 needs a forward scan"),
+    (dict(scan="adventurer", aux_tokens=2), "'adventurer' takes 0 or 1"),
     (dict(aux_init="zeros"), "aux_init must be one of"),
     (dict(aux_discard="never"), "aux_discard must be one of"),
     (dict(fold=0), "fold must be a positive int or 'auto'"),

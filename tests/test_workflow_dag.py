@@ -58,7 +58,8 @@ def test_default_dry_run_covers_every_research_question(tmp_path):
     counts = job_counts(proc.stdout + proc.stderr)
     for rq, rule in RQ_JOBS.items():
         assert counts.get(rule, 0) > 0, (rq, counts)
-    assert counts["train"] == 16
+    assert counts["train"] == 15
+    assert counts["fc_train"] == 9          # RQ3's future-context subset: uni, swap, bi-parallel x 3 seeds
 
 
 def test_paper_dry_run_lists_jobs_for_every_research_question(tmp_path):

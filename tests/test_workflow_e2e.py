@@ -62,7 +62,7 @@ def test_default_dag_runs_end_to_end_and_is_incremental(tmp_path):
     # one experiment changed -> its jobs and the gathering, nothing else
     sheet = wf / "configs/experiments/smoke.tsv"
     lines = sheet.read_text().splitlines()
-    idx = next(i for i, line in enumerate(lines) if line.startswith("aux2\t"))
+    idx = next(i for i, line in enumerate(lines) if line.startswith("aux1\t"))
     cells = lines[idx].split("\t")
     cells[-1] = "optim.lr=1e-3"                                    # `overrides` column
     lines[idx] = "\t".join(cells)

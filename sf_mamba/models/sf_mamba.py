@@ -8,19 +8,22 @@ Architecture (MambaVision's hybrid macro-architecture, clean-room from docs/mode
 
 SF-Mamba's two ideas are switches of this one model:
 
-* **auxiliary patch swapping** (``scan='swap'``): a learnable (or mean-initialised) aux token joins
-  the tail of every window sequence before the first Mamba block of a hybrid level (with
-  ``aux_tokens=2``, one at the head and one at the tail). Between Mamba blocks the tail token, which
-  has seen the whole window in the forward scan, moves to the head (no parameters), so every patch
-  of the next layer reads "future" information through the recurrence.
+* **auxiliary patch swapping** (``scan='swap'``): two learnable (or mean-initialised) aux tokens
+  join every window sequence before the first Mamba block of a hybrid level, one prepended and one
+  appended (``aux_tokens=1``: a single token at the tail, an ablation). Between Mamba blocks the
+  head and tail tokens trade places (no parameters): the tail token, which has seen the whole
+  window in the forward scan, becomes the head of the next scan, so every patch of the next layer
+  reads "future" information through the recurrence.
 * **batch folding with periodic state reset** (``fold=k`` or ``'auto'``): the mixer scans k window
   sequences as one sequence with the state reset every L tokens. The depthwise convs run per window
   before folding, so nothing leaks across image boundaries and the result equals ``fold=1``.
 
 ``scan='uni'`` with no aux tokens *is* MambaVision (same parameter names, so its checkpoints load;
 ``mambavision_compat=True`` reproduces its double dt-bias). The other ablated designs are
-``'bi_parallel'``, ``'bi_series'`` and ``'cross4'``; ``match_params=True`` keeps their parameters
-and MACs equal to the one-direction mixer by splitting the SSM channels between directions.
+``'bi_parallel'``, ``'bi_series'``, ``'cross4'`` and ``'adventurer'`` (bi_series' flip between
+consecutive Mamba layers plus a mean-initialised "heading average" token kept at the head);
+``match_params=True`` keeps the multi-direction parameters and MACs equal to the one-direction mixer
+by splitting the SSM channels between directions.
 """
 
 from __future__ import annotations
@@ -41,10 +44,13 @@ from sf_mamba_kernels.selective_scan import BACKENDS, check_fold, selective_scan
 
 __all__ = ["SFMamba", "VARIANTS", "VariantSpec", "SCANS", "AUX_INITS", "AUX_DISCARDS"]
 
-SCANS = ("swap", "uni", "bi_parallel", "bi_series", "cross4")
+SCANS = ("swap", "uni", "bi_parallel", "bi_series", "cross4", "adventurer")
 AUX_INITS = ("learnable", "mean")
 AUX_DISCARDS = ("before_attention", "stage_end")
-DIRECTIONS_PER_MIXER = {"swap": 1, "uni": 1, "bi_series": 1, "bi_parallel": 2, "cross4": 4}
+DIRECTIONS_PER_MIXER = {"swap": 1, "uni": 1, "bi_series": 1, "bi_parallel": 2, "cross4": 4, "adventurer": 1}
+# aux tokens each scan design supports and gets by default (docs/model.md argues the defaults)
+AUX_TOKENS_ALLOWED = {"swap": (0, 1, 2), "uni": (0, 1, 2), "adventurer": (0, 1)}
+AUX_TOKENS_DEFAULT = {"swap": 2, "adventurer": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +106,7 @@ def mixer_directions(scan: str, layer_index: int) -> tuple[str, ...]:
         return ("forward", "backward")
     if scan == "cross4":
         return ("forward", "backward", "column_forward", "column_backward")
-    if scan == "bi_series":  # one direction per layer, alternating between consecutive layers
+    if scan in ("bi_series", "adventurer"):  # one direction per layer, flipped between consecutive layers
         return ("forward",) if layer_index % 2 == 0 else ("backward",)
     return ("forward",)
 
@@ -186,7 +192,8 @@ class MambaMixer(nn.Module):
             y = torch.empty_like(y).index_copy_(-1, order, y)
         return y
 
-    def forward(self, tokens: torch.Tensor, hw: tuple[int, int], aux_tokens: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, hw: tuple[int, int], aux_tokens: int = 0,
+                aux_at_head: bool = False) -> torch.Tensor:
         x, z = self.in_proj(tokens).chunk(2, dim=-1)  # channel-last (Bt, L, D/2) each
         # The convs run per window sequence (unfolded), so folding never mixes images.
         x = F.silu(depthwise_conv1d_same(x, self.conv1d_x.weight))
@@ -195,7 +202,11 @@ class MambaMixer(nn.Module):
         for index, params in enumerate(self._direction_parameters()):
             order = scan_order(self.directions[index], *hw, x.device)
             if order is not None and aux_tokens:
-                raise ValueError("aux tokens are only supported with forward scans")
+                if not (aux_tokens == 1 and aux_at_head):
+                    raise ValueError("aux tokens are only supported with forward scans "
+                                     "(or one token kept at the head, scan='adventurer')")
+                # the head token stays first; only the patches change order (Adventurer's flip)
+                order = torch.cat([order.new_zeros(1), order + 1])
             if self.match_params:
                 part = x[..., index * self.ssm_width:(index + 1) * self.ssm_width]
                 outputs.append(self._scan(part, params, order))
@@ -340,7 +351,8 @@ class HybridLevel(nn.Module):
     """Window-partitioned level: first ceil(depth/2) Mamba blocks, then attention (if enabled).
 
     Aux tokens join every window sequence before the first Mamba block, trade head/tail places
-    after every ``swap_every`` Mamba blocks (scan='swap') and leave at ``aux_discard``.
+    after every ``swap_every`` Mamba blocks (scan='swap') and leave at ``aux_discard``. With
+    scan='adventurer' one token sits at the head throughout while the patch order flips.
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float,
@@ -372,6 +384,8 @@ class HybridLevel(nn.Module):
             aux = self.aux_embed.to(seq.dtype).unsqueeze(0).expand(seq.shape[0], -1, -1)
         else:  # Adventurer-style "heading average": the window's mean token
             aux = seq.mean(dim=1, keepdim=True).expand(-1, self.aux_tokens, -1)
+        if self.aux_tokens == 1 and self.scan == "adventurer":  # Adventurer's heading token
+            return torch.cat([aux, seq], dim=1)
         if self.aux_tokens == 1:  # a single token starts at the tail, where it aggregates
             return torch.cat([seq, aux], dim=1)
         return torch.cat([aux[:, :1], seq, aux[:, 1:]], dim=1)
@@ -393,12 +407,13 @@ class HybridLevel(nn.Module):
         batch = x.shape[0]
         seq, sizes = window_partition(x, self.window)
         hw = (self.window, self.window)
-        has_aux, token_at_head = False, False
+        has_aux, token_at_head = False, self.scan == "adventurer"
         if self.aux_tokens:
             seq, has_aux = self._add_aux(seq), True
         for index, block in enumerate(self.blocks):
             if block.is_mamba:
-                seq = block(seq, hw=hw, aux_tokens=self.aux_tokens if has_aux else 0)
+                seq = block(seq, hw=hw, aux_tokens=self.aux_tokens if has_aux else 0,
+                            aux_at_head=token_at_head)
                 if has_aux and self.scan == "swap" and (index + 1) % self.swap_every == 0:
                     seq, token_at_head = self._swap(seq, token_at_head)
             else:
@@ -453,7 +468,7 @@ class SFMamba(nn.Module):
         scan: str = "swap",
         attention: bool = True,
         aux_tokens: Optional[int] = None,
-        aux_init: str = "learnable",
+        aux_init: Optional[str] = None,
         aux_discard: str = "before_attention",
         swap_every: int = 1,
         match_params: bool = False,
@@ -469,13 +484,15 @@ class SFMamba(nn.Module):
                 raise ValueError(f"{name} must be 4 positive ints, got {value!r}")
         if scan not in SCANS:
             raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
-        if aux_tokens is None:  # one "extra token" per window, as the reviewers describe it
-            aux_tokens = 1 if scan == "swap" else 0
+        if aux_tokens is None:  # two tokens, prepended and appended, as the method describes
+            aux_tokens = AUX_TOKENS_DEFAULT.get(scan, 0)
         if aux_tokens not in (0, 1, 2):
             raise ValueError(f"aux_tokens must be 0, 1 or 2, got {aux_tokens!r}")
-        if aux_tokens and scan not in ("swap", "uni"):
-            raise ValueError(f"aux_tokens={aux_tokens} needs a forward scan ('swap' or 'uni'), "
-                             f"got scan={scan!r}")
+        if aux_tokens not in AUX_TOKENS_ALLOWED.get(scan, (0,)):
+            raise ValueError(f"aux_tokens={aux_tokens} needs a forward scan ('swap' or 'uni'; "
+                             f"'adventurer' takes 0 or 1), got scan={scan!r}")
+        if aux_init is None:  # Adventurer's heading token is the window average
+            aux_init = "mean" if scan == "adventurer" else "learnable"
         if aux_init not in AUX_INITS:
             raise ValueError(f"aux_init must be one of {AUX_INITS}, got {aux_init!r}")
         if aux_discard not in AUX_DISCARDS:
@@ -664,6 +681,9 @@ VARIANTS: dict[str, VariantSpec] = {
     "l": VariantSpec(196, 64, (3, 3, 10, 5), (4, 8, 16, 32), (8, 8, 14, 7), 0.3, 1e-5, 1.0, 227.9),
     # Not a paper variant: a ~0.5M-parameter model for CPU smoke runs and tests.
     "micro": VariantSpec(16, 8, (1, 1, 2, 2), (1, 1, 2, 4), (8, 8, 14, 7), 0.0, None, 1.0, None),
+    # Not a paper variant: micro with 4 blocks per hybrid level, so that with attention on each level
+    # still has 2 Mamba layers (swaps and flips between Mamba layers then happen); the RQ3 CPU study.
+    "micro2": VariantSpec(16, 8, (1, 1, 4, 4), (1, 1, 2, 4), (8, 8, 14, 7), 0.0, None, 1.0, None),
 }
 
 
@@ -731,3 +751,10 @@ def sf_mamba_l(pretrained: bool = False, **kwargs) -> SFMamba:
 def sf_mamba_micro(pretrained: bool = False, **kwargs) -> SFMamba:
     """SF-Mamba-micro: not a paper variant; a tiny model for CPU smoke runs and tests."""
     return _create("micro", pretrained, **kwargs)
+
+
+@register_model
+def sf_mamba_micro2(pretrained: bool = False, **kwargs) -> SFMamba:
+    """SF-Mamba-micro2: micro with 4 blocks per hybrid level (2 Mamba layers with attention on);
+    not a paper variant: the model of RQ3's CPU future-context study."""
+    return _create("micro2", pretrained, **kwargs)

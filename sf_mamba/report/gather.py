@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from sf_mamba.utils.io import atomic_write_text
 
-KINDS = ("train", "bench", "flops", "probe", "fold_sweep", "seg")
+KINDS = ("train", "bench", "flops", "probe", "fold_sweep", "seg", "fc_train")
 # first present source wins; names are as the producing commands write them
 ALIASES: dict[str, tuple[str, ...]] = {
     "throughput": ("throughput", "img_per_s", "images_per_s", "imgs_per_sec", "samples_per_sec",

@@ -123,8 +123,9 @@ def probe_entries(exp, desc):
 
 research_question(
     "rq3_aux",
-    outputs=["table.md", "table.tex", "table.csv", "aux.png", "aux.pdf"],
-    entries=lambda: sheet_entries("rq3_aux", probe_entries),
+    # + the future-context study (workflow/rules/future_context*.smk)
+    outputs=["table.md", "table.tex", "table.csv", "aux.png", "aux.pdf", *FC_OUTPUTS],
+    entries=lambda: sheet_entries("rq3_aux", probe_entries) + future_context_entries(),
     sheet_rows=True,
 )
 
@@ -132,7 +133,7 @@ research_question(
 # ---------------------------------------------------------------- RQ4: model sizes
 # Counted for every size of rq4_sizes.flops_models: SF-Mamba and MambaVision (= scan uni, no aux).
 FLOPS_FAMILIES = {
-    "sf": {"family": "SF-Mamba", "reference": "sf_mamba", "kwargs": {"scan": "swap", "aux_tokens": 1}},
+    "sf": {"family": "SF-Mamba", "reference": "sf_mamba", "kwargs": {"scan": "swap", "aux_tokens": 2}},
     "mv": {"family": "MambaVision", "reference": "mambavision", "kwargs": {"scan": "uni", "aux_tokens": 0}},
 }
 
