@@ -254,15 +254,49 @@ def render_rq1(runs: pd.DataFrame, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- RQ2
+# The static model of the Triton kernel (compiled for sm_90 without a GPU) predicts the fold speed-up;
+# it is shown beside every measured point and labelled, never mixed into a measured column.
+PREDICTED = "predicted (static, sm_90)"
+STATIC_SHAPES = (("MambaVision-T stage 3", 198, 160), ("MambaVision-T stage 4", 51, 320))  # L incl. 2 aux tokens
+
+
+def _predicted_speedup(batch, length, channels, d_state, fold, dtype) -> float | None:
+    from sf_mamba_kernels.selective_scan import predicted  # torch-free
+
+    if any(_num(v) is None for v in (batch, length, channels, d_state, fold)):
+        return None
+    return predicted.fold_speedup(int(batch), int(length), int(channels), int(d_state), int(fold), str(dtype))
+
+
+def _static_fold_table() -> pd.DataFrame:
+    """The static model's fold speed-up for the model's own scan shapes (bf16, d_state 8)."""
+    from sf_mamba_kernels.selective_scan import predicted  # torch-free
+
+    rows = []
+    for name, length, channels in STATIC_SHAPES:
+        for batch in (32, 128, 256):
+            for fold in (1, 2, 4, 5, 8):
+                speedup = predicted.fold_speedup(batch, length, channels, 8, fold, "bfloat16")
+                time_us = predicted.time_us(batch, length, channels, 8, fold, "bfloat16")
+                rows.append({"shape": name, "batch": batch, "length": length, "channels": channels, "fold k": fold,
+                             f"forward µs, {PREDICTED}": fmt(time_us, 1) if time_us is not None else "no figure",
+                             f"speed-up vs k=1, {PREDICTED}": fmt(speedup, 2) if speedup is not None else "no figure"})
+    return pd.DataFrame(rows)
+
+
 def render_rq2(runs: pd.DataFrame, out: Path) -> None:
     sweep = _sel(runs, "rq2_fold", "fold_sweep")
     sweep_ok = _ok(sweep)
     if len(sweep_ok):
+        predicted = [_predicted_speedup(r.get("batch"), r.get("length"), r.get("channels"), r.get("d_state", 8),
+                                        r.get("fold"), r.get("protocol.dtype", "float32") or "float32")
+                     for r in sweep_ok.to_dict("records")]
         t1 = pd.DataFrame({
             "batch": sweep_ok["batch"].astype(int), "length": sweep_ok["length"].astype(int),
             "channels": sweep_ok["channels"].astype(int), "fold k": sweep_ok["fold"].astype(int),
             "time (ms)": sweep_ok["time_ms"].map(lambda v: fmt(v, 2)),
             "speed-up vs k=1": sweep_ok["speedup_vs_fold1"].map(lambda v: fmt(v, 2)),
+            f"speed-up vs k=1, {PREDICTED}": [fmt(v, 2) if v is not None else "no figure" for v in predicted],
             "max |Δ| vs k=1": sweep_ok["max_abs_diff"].map(lambda v: f"{float(v):.1e}"),
             "equal": sweep_ok["equal"].astype(str),
             "device": _col(sweep_ok, "protocol.device").astype(str) + " / " + _col(sweep_ok, "protocol.backend").astype(str),
@@ -281,12 +315,19 @@ def render_rq2(runs: pd.DataFrame, out: Path) -> None:
     else:
         t2 = pd.DataFrame({"status": ["not configured"]})
     equal = bool(len(sweep_ok)) and sweep_ok["equal"].astype(str).str.lower().eq("true").all()
+    t3 = _static_fold_table()
     write_table(out, [("op-level fold sweep (selective scan, reset at every window)", t1),
-                      ("model throughput by fold setting", t2)], TITLES["rq2_fold"], "tab:rq2_fold",
+                      ("model throughput by fold setting", t2),
+                      (f"fold speed-up of the Triton scan, {PREDICTED}: not measured", t3)],
+                TITLES["rq2_fold"], "tab:rq2_fold",
                 notes=[f"Fold invariance (fold k equals fold 1 within tolerance): "
                        f"{'holds for every point' if equal else 'NOT established (see rows)' if len(sweep_ok) else MISSING}.",
-                       "fold=auto uses the per-GPU lookup table; on CPU it falls back to k=1.",
-                       "CPU timings say nothing about GPU speed-ups; GPU rows come from a GPU run only."])
+                       "fold=auto uses the per-GPU lookup table, and never a k the static model predicts slower "
+                       "than k=1; on CPU it falls back to k=1.",
+                       "CPU timings say nothing about GPU speed-ups; GPU rows come from a GPU run only.",
+                       f"'{PREDICTED}': the Triton kernel compiled for sm_90 on a CPU machine, its time estimated "
+                       "from the compiled code (docs/kernels.md); a prediction beside each measured point, "
+                       "not a measurement ('no figure': the static model does not cover that shape)."])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
     if len(sweep_ok):
@@ -298,7 +339,13 @@ def render_rq2(runs: pd.DataFrame, out: Path) -> None:
             if batch < 2:
                 continue  # one row: nothing to fold
             g = g.sort_values("fold")
-            ax.plot(g["fold"], g["speedup_vs_fold1"], marker="o", label=f"L={length}, batch={batch}")
+            line, = ax.plot(g["fold"], g["speedup_vs_fold1"], marker="o", label=f"L={length}, batch={batch}")
+            first = g.iloc[0]
+            static = [_predicted_speedup(batch, length, first["channels"], first.get("d_state", 8), k,
+                                         first.get("protocol.dtype", "float32") or "float32") for k in g["fold"]]
+            if all(v is not None for v in static):
+                ax.plot(g["fold"], static, ls=":", color=line.get_color(),
+                        label=f"L={length}, batch={batch}, {PREDICTED}")
         ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("fold factor k (rows scanned as one sequence)")

@@ -16,11 +16,21 @@ input generator and measurement, in the manner of flash-linear-attention's ``fla
 ``testing``         the one input generator and mamba_ssm's tolerances
 ``bench``           timers, fold sweep, LUT build, roofline and static predictions
 ==================  =========================================================================
+
+Attributes load lazily, so importing a torch-free submodule (``static_model``, used by the report)
+does not import torch through this package.
 """
 
-from .interface import BACKENDS, check_fold, resolve_backend, selective_scan_fn
-from .recurrent import selective_scan_recurrent
-from .reference import selective_scan_ref
+import importlib
 
-__all__ = ["BACKENDS", "check_fold", "resolve_backend", "selective_scan_fn", "selective_scan_recurrent",
-           "selective_scan_ref"]
+_EXPORTS = {
+    "BACKENDS": "interface", "check_fold": "interface", "resolve_backend": "interface",
+    "selective_scan_fn": "interface", "selective_scan_recurrent": "recurrent", "selective_scan_ref": "reference",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from . import lut
+from . import lut, predicted
 from .interface import backend_impl, resolve_backend, selective_scan_fn
 from .testing import SCAN_ARGS, make_scan_inputs
 
@@ -139,35 +139,14 @@ def roofline_floor_s(batch, channels, length, n_state, dtype, gpu_name, sm_count
     return (max(parts) if parts else None), n_bytes, n_exp
 
 
-def _static_model():
-    try:
-        from . import static_model
-    except ImportError:
-        return None
-    return static_model
-
-
 def predicted_fold_speedup(batch, length, channels, d_state, fold, dtype) -> float | None:
     """The static model's time(k=1) / time(k) on sm_90; None where it has no figure (or is absent)."""
-    model = _static_model()
-    if model is None:
-        return None
-    try:
-        return float(model.predict_fold_speedup(batch, length, channels, d_state, fold, lut.dtype_name(dtype)))
-    except (KeyError, ValueError):
-        return None
+    return predicted.fold_speedup(batch, length, channels, d_state, fold, lut.dtype_name(dtype))
 
 
 def predicted_time_us(batch, length, channels, d_state, fold, dtype, direction="fwd") -> float | None:
     """The static model's time in µs on sm_90 (``direction`` 'fwd' or 'bwd'); None without a figure."""
-    model = _static_model()
-    if model is None:
-        return None
-    try:
-        return float(model.predict_time_us(batch, length, channels, d_state, fold, lut.dtype_name(dtype),
-                                           direction=direction))
-    except (KeyError, ValueError):
-        return None
+    return predicted.time_us(batch, length, channels, d_state, fold, lut.dtype_name(dtype), direction)
 
 
 # ---------------------------------------------------------------------------------------------- fold sweep

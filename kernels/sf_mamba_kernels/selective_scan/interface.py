@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from . import lut
+from . import lut, predicted
 from .recurrent import selective_scan_recurrent
 from .reference import selective_scan_ref
 
@@ -114,15 +114,7 @@ def check_fold(fold) -> None:
 
 
 def _predicted_fold_speedup(batch, length, channels, d_state, fold, dtype) -> float | None:
-    """kern-triton's static model (time(k=1) / time(k), sm_90); None where it has no figure."""
-    try:
-        from .static_model import predict_fold_speedup
-    except ImportError:
-        return None
-    try:
-        return float(predict_fold_speedup(batch, length, channels, d_state, fold, lut.dtype_name(dtype)))
-    except (KeyError, ValueError):  # a shape or dtype the committed figures do not cover
-        return None
+    return predicted.fold_speedup(batch, length, channels, d_state, fold, lut.dtype_name(dtype))
 
 
 def fold_predicted_slower(batch, length, channels, d_state, fold, dtype) -> bool:

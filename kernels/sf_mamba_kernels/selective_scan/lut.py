@@ -112,6 +112,10 @@ def lookup_fold(batch, seq_len, channels, dtype, device) -> int:
     device = torch.device(device)
     if device.type != "cuda":
         return 1
+    try:
+        dtype = dtype_name(dtype)
+    except ValueError:  # the table holds fp16/bf16/fp32 timings only: fp64 never folds
+        return 1
     index = device.index if device.index is not None else torch.cuda.current_device()
     gpu = load_table()["gpus"].get(device_name(index))
     if not gpu:
