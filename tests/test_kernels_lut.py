@@ -86,6 +86,13 @@ def test_bad_table_and_dtype_are_rejected(table_path):
 
 
 def test_shipped_table_is_valid():
+    import tomllib
+
+    assert lut.DEFAULT_LUT_PATH.is_file()
+    package = lut.DEFAULT_LUT_PATH.parents[1]  # .../sf_mamba_kernels
+    pyproject = tomllib.loads((package.parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["sf_mamba_kernels"]
+    assert lut.DEFAULT_LUT_PATH in {p for pattern in globs for p in package.glob(pattern)}  # it ships
     table = lut.read_table(lut.DEFAULT_LUT_PATH)
     assert table["schema"] == lut.SCHEMA
     for gpu, section in table["gpus"].items():  # any shipped entry must carry its measured times
