@@ -390,3 +390,35 @@ def test_a_non_finite_image_does_not_leak_into_its_fold_group(backend):
     torch.testing.assert_close(out[1:], clean[1:], rtol=1e-6, atol=1e-6)
     for name in ("u", "delta", "z"):  # per-image gradients of the clean images stay finite and equal
         torch.testing.assert_close(grads[name][1:], clean_grads[name][1:], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_fold_auto_never_picks_a_fold_the_static_model_predicts_slower(monkeypatch):
+    """With kern-triton's real static model (sm_90): whatever k the table holds, the backend gets 1
+    where the model predicts k slower than k = 1, and the table's k where it predicts a gain."""
+    static_model = pytest.importorskip("sf_mamba_kernels.selective_scan.static_model")
+    slower = faster = None
+    for batch in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        for length, channels in ((51, 320), (198, 160)):
+            for fold in (2, 4, 5, 8, 16, 32):
+                if fold > batch:
+                    continue
+                try:
+                    speedup = static_model.predict_fold_speedup(batch, length, channels, 8, fold, "float32")
+                except (KeyError, ValueError, OSError):
+                    continue
+                if speedup < 1 and slower is None:
+                    slower = (batch, length, channels, fold)
+                if speedup > 1 and faster is None:
+                    faster = (batch, length, channels, fold)
+    assert slower or faster, "the static model covers none of the model's scan shapes"
+    for case, expected_is_table in ((slower, False), (faster, True)):
+        if case is None:
+            continue
+        batch, length, channels, fold = case
+        seen = []
+        monkeypatch.setattr(interface.lut, "lookup_fold", lambda *a, k=fold: k)
+        monkeypatch.setattr(interface, "selective_scan_recurrent", lambda *args: seen.append(args[-1]))
+        # shapes of the model's scan: the inputs themselves are never read by the spy backend
+        inputs = make_scan_inputs(batch, channels, 8, length, has_z=False)
+        selective_scan_fn(**inputs, reset_every=length, fold="auto", backend="torch")
+        assert seen == [fold if expected_is_table else 1], case

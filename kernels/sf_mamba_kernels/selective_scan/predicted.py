@@ -27,7 +27,7 @@ def fold_speedup(batch: int, length: int, channels: int, d_state: int, fold: int
     try:
         return float(model.predict_fold_speedup(int(batch), int(length), int(channels), int(d_state), int(fold),
                                                 dtype, arch=ARCH))
-    except (KeyError, ValueError):  # a shape, dtype or fold the committed figures do not cover
+    except (KeyError, ValueError, OSError):  # no figures for this shape/dtype/fold, or no figures file
         return None
 
 
@@ -40,5 +40,5 @@ def time_us(batch: int, length: int, channels: int, d_state: int, fold: int, dty
     try:
         return float(model.predict_time_us(int(batch), int(length), int(channels), int(d_state), int(fold), dtype,
                                            arch=ARCH, direction=direction))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OSError):
         return None
