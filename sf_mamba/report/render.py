@@ -732,6 +732,9 @@ def write_index(runs: pd.DataFrame, out: Path) -> None:
     for rq in RQS:
         lines.append(f"- **{TITLES[rq]}**: [{rq}/table.md]({rq}/table.md)"
                      + ("" if rq == "rq5_seg" else f", figure in `{rq}/` (PNG and PDF)"))
+    if (out / "rq3_aux" / "verdicts.md").exists():
+        lines.append("- **RQ3 verdicts** (future-context task, one line per testable claim): "
+                     "[rq3_aux/verdicts.md](rq3_aux/verdicts.md)")
     lines += ["- **Reported vs reproduced**: [reproduction.md](reproduction.md)", ""]
     devices = sorted({str(d) for d in _col(runs, "device").dropna() if str(d)})
     lines += ["## Devices in these results", "", *([f"- {d}" for d in devices] or ["- none recorded"]), ""]
