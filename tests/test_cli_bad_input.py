@@ -251,6 +251,49 @@ def test_seg_test_bad_input(case, files, capsys, monkeypatch):
     assert_bad_input(capsys, "seg-test", case, files)
 
 
+DET_SMOKE = Path(__file__).resolve().parents[1] / "configs/det/smoke.py"
+DET_CASES = [BadInput(c.label, lambda t, c=c: [str(a).replace(str(SEG_SMOKE), str(DET_SMOKE)) for a in c.argv(t)],
+                      [n.replace("seg", "det") for n in c.names], c.outputs) for c in SEG_CASES]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in [
+    BadInput("unwritable-out", lambda t: ["--out", t / BLOCKER / "det"], ["det"]),
+    BadInput("no-val-images", lambda t: ["--out", t / "det", "--n-val", "0"], ["n_train and n_val must be >= 1"],
+             lambda t: [t / "det"]),
+]])
+def test_det_data_bad_input(case, files, capsys):
+    assert_bad_input(capsys, "det-data", case, files)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in DET_CASES])
+def test_det_train_bad_input(case, files, capsys, monkeypatch):
+    pytest.importorskip("mmdet")
+    monkeypatch.chdir(files)
+    assert_bad_input(capsys, "det-train", case, files)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in DET_CASES])
+def test_det_test_bad_input(case, files, capsys, monkeypatch):
+    pytest.importorskip("mmdet")
+    monkeypatch.chdir(files)
+    case = BadInput(case.label, lambda t, c=case: [*c.argv(t), "--checkpoint", t / "small.pth"], case.names,
+                    case.outputs)
+    assert_bad_input(capsys, "det-test", case, files)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in [
+    BadInput("unknown-model", lambda t: ["--model", "sf_mamba_nope", "--out-dir", t / "fc"],
+             ["unknown model 'sf_mamba_nope'"], lambda t: [t / "fc" / "metrics.json"]),
+    BadInput("bad-kwarg-value", lambda t: ["--model-kwargs", '{"scan": "sideways"}', "--out-dir", t / "fc"],
+             ["scan must be one of"], lambda t: [t / "fc" / "metrics.json"]),
+    BadInput("kwargs-not-json", lambda t: ["--model-kwargs", "{", "--out-dir", t / "fc"], ["--model-kwargs is not JSON"]),
+    BadInput("zero-threads", lambda t: ["--threads", "0", "--out-dir", t / "fc"], ["--threads must be >= 1"]),
+    BadInput("unwritable-out-dir", lambda t: ["--out-dir", t / BLOCKER / "fc"], ["--out-dir", "cannot be written"]),
+]])
+def test_fc_train_bad_input(case, files, capsys):
+    assert_bad_input(capsys, "fc-train", case, files)
+
+
 def test_every_subcommand_has_a_bad_input_table():
     """A new subcommand gets a table here (train: beside the trainer's tests)."""
     tested = {name.removeprefix("test_").removesuffix("_bad_input").replace("_", "-")
