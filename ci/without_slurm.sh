@@ -44,4 +44,5 @@ for tool in "${TOOLS[@]}"; do
     fi
 done
 echo "without_slurm.sh: no Slurm tool on PATH (command -v finds none of: ${TOOLS[*]})" >&2
+export SF_MAMBA_NO_SLURM=1   # tests/test_ci_without_slurm.py checks from inside pytest
 "$@"

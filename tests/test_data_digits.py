@@ -104,7 +104,7 @@ def test_cli_builds_and_reports(tmp_path, capsys):
     assert "train 1437" in capsys.readouterr().out
     assert main(["data", "--out", str(tmp_path / "dg")]) == 0
     assert "already present" in capsys.readouterr().out
-    assert main(["data", "--out", str(tmp_path / "dg"), "--size", "16"]) == 1
+    assert main(["data", "--out", str(tmp_path / "dg"), "--size", "16"]) == 2   # another build is there: bad input
     assert "--force" in capsys.readouterr().err
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -139,23 +138,26 @@ def plot_heatmaps(entries: list[dict], path: str | Path) -> None:
 def run_probe(model_name: str = "sf_mamba_t", scans=("swap", "uni"), attention=(False, True),
               img_size: int = 224, batch: int = 2, seed: int = 0, num_queries: int = 8,
               model_kwargs: dict | None = None, checkpoint: str | None = None) -> list[dict]:
-    import timm
+    from sf_mamba.utils.cli import create_model, fail, load_checkpoint, shorten
 
-    import sf_mamba  # noqa: F401
-
-    if not timm.is_model(model_name):
-        raise ValueError(f"unknown model {model_name!r}; sf_mamba models: {timm.list_models('sf_mamba*')}")
+    state = None
+    if checkpoint:
+        state = load_checkpoint(checkpoint, option="--checkpoint")
+        state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+        if not isinstance(state, dict) or not any(k.endswith("head.weight") for k in state):
+            fail(f"--checkpoint {checkpoint!r} holds no model state_dict with a classifier head")
     entries = []
     for attn in attention:
         for scan in scans:
             torch.manual_seed(seed)
             kwargs = {**(model_kwargs or {}), "scan": scan, "attention": attn}
-            model = timm.create_model(model_name, **kwargs)
-            if checkpoint:
-                ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-                state = ck.get("model", ck.get("state_dict", ck))
+            model = create_model(model_name, kwargs)
+            if state is not None:
                 model.reset_classifier(next(v.shape[0] for k, v in state.items() if k.endswith("head.weight")))
-                model.load_state_dict(state)
+                try:
+                    model.load_state_dict(state)
+                except RuntimeError as err:
+                    fail(f"--checkpoint {checkpoint!r} does not fit {model_name} with {kwargs}: {shorten(err)}")
             r = probe_model(model, img_size, batch, seed, num_queries)
             r.update(model=model_name, scan=scan, attention=attn, model_kwargs=kwargs, img_size=img_size,
                      label=f"{model_name} scan={scan} attention={attn}", checkpoint=checkpoint)
@@ -179,32 +181,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from sf_mamba.utils.io import atomic_write_json
+    from sf_mamba.utils.cli import check_output_path, fail, parse_json_object, print_json, write_json_result
     from sf_mamba.utils.provenance import build_meta
 
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        print(f"sf_mamba probe: --model-kwargs is not JSON: {err}", file=sys.stderr)
-        return 2
-    attention = {"off": (False,), "on": (True,), "both": (False, True)}[args.attention]
-    try:
-        entries = run_probe(args.model, tuple(args.scan or ("swap", "uni")), attention, args.img_size,
-                            args.batch, args.seed, args.num_queries, kwargs, args.checkpoint)
-    except (ValueError, TypeError, RuntimeError) as err:
-        print(f"sf_mamba probe: error: {err}", file=sys.stderr)
-        return 2
+    kwargs = parse_json_object(args.model_kwargs)
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        fail(f"--checkpoint {args.checkpoint!r} not found")
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_path(out / "probe.json", option="--out-dir")
+    attention = {"off": (False,), "on": (True,), "both": (False, True)}[args.attention]
+    entries = run_probe(args.model, tuple(args.scan or ("swap", "uni")), attention, args.img_size,
+                        args.batch, args.seed, args.num_queries, kwargs, args.checkpoint)
     plot_heatmaps(entries, out / "erf.png")
     summary = [{k: e[k] for k in ("label", "scan", "attention", "future_mass_ratio", "future_mass_ratio_mean",
                                   "far_future_mass_ratio", "far_future_mass_ratio_mean", "past_mass_ratio",
                                   "self_mass_ratio", "stage3_hw")} for e in entries]
-    atomic_write_json(out / "probe.json", {"entries": entries, "summary": summary,
+    write_json_result(out / "probe.json", {"entries": entries, "summary": summary,
                                            "meta": build_meta(seed=args.seed, extra={"kind": "probe"})})
     for s in summary:
         print(f"{s['label']}: future mass {100 * s['future_mass_ratio']:.2f}% (mean over queries "
               f"{100 * s['future_mass_ratio_mean']:.2f}%, >1 row ahead {100 * s['far_future_mass_ratio_mean']:.2f}%)",
               file=sys.stderr)
-    print(json.dumps(summary, indent=2))
+    print_json(summary)
     return 0

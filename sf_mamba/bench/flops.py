@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from typing import Any
 
@@ -151,26 +150,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import timm
-
-    import sf_mamba  # noqa: F401
-    from sf_mamba.utils.io import atomic_write_json
+    from sf_mamba.utils.cli import (check_output_path, create_model, fail, parse_json_object, print_json,
+                                    write_json_result)
     from sf_mamba.utils.provenance import build_meta
 
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        print(f"sf_mamba flops: --model-kwargs is not JSON: {err}", file=sys.stderr)
-        return 2
+    kwargs = parse_json_object(args.model_kwargs)
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
+    if args.batch < 1 or (args.img_size is not None and args.img_size < 1):
+        fail(f"--batch and --img-size must be positive, got {args.batch} and {args.img_size}")
+    if args.out:
+        check_output_path(args.out)
     results = []
     for name in args.model:
-        if not timm.is_model(name):
-            print(f"sf_mamba flops: unknown model {name!r}; sf_mamba models: {timm.list_models('sf_mamba*')}",
-                  file=sys.stderr)
-            return 2
-        model = timm.create_model(name, **kwargs)
+        model = create_model(name, kwargs)
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
         if args.img_size:
             size = (size[0], args.img_size, args.img_size)
@@ -181,8 +174,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name}: params {r['params'] / 1e6:.2f}M | MACs (MambaVision convention, scan excluded) "
               f"{r['macs'] / 1e9:.3f}G | scan FLOPs (9·B·L·D·N) {r['scan_flops'] / 1e9:.4f}G "
               f"over {r['scan_calls']} scan calls | input {tuple(size)} batch {args.batch}", file=sys.stderr)
-    out = {"results": results, "meta": build_meta(extra={"kind": "flops"})}
     if args.out:
-        atomic_write_json(args.out, out)
-    print(json.dumps(results if len(results) > 1 else results[0], indent=2, default=str))
+        write_json_result(args.out, {"results": results, "meta": build_meta(extra={"kind": "flops"})})
+    print_json(results if len(results) > 1 else results[0])
     return 0

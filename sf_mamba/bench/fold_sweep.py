@@ -15,10 +15,7 @@ Output: one JSON file ``{"protocol": {...}, "rows": [...], "all_equal": bool}``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +66,14 @@ def sweep(args) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = sweep(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    from sf_mamba.utils.cli import check_output_path, fail, write_json_result
+
+    check_output_path(args.out)
+    try:
+        result = sweep(args)
+    except ValueError as err:  # an option the sweep or the op rejects (sizes, --backend, --device)
+        fail(str(err))
+    write_json_result(args.out, result)
     bad = [r for r in result["rows"] if not r["equal"]]
     for r in result["rows"]:
         predicted = r["predicted_speedup_static_sm90"]

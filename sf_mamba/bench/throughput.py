@@ -5,7 +5,8 @@ Protocol (docs/training.md §Benchmark):
 - ``model.eval()``, ``torch.inference_mode()``, one random input of ``(batch, 3, res, res)`` already on
   the device (no data loader, no host-to-device copies); batch 128 at 224 px by default on CUDA
   (16 on CPU unless ``--batch`` is given);
-- CUDA: fp16 autocast and channels_last (model and input) by default, ``cudnn.benchmark`` on;
+- CUDA: fp16 autocast and channels_last (model and input) by default, ``cudnn.benchmark`` on; on CPU
+  both are off by default and honoured when asked for (``--dtype bfloat16``: CPU autocast);
 - ``warmup`` untimed iterations (default 50 on CUDA, 3 on CPU), then one timed window of ``iters``
   iterations bracketed by ``torch.cuda.synchronize()`` (default 200 / 10), repeated ``repeats`` times
   (default 5 / 1); ``throughput = batch * iters / window_seconds``; median, min and max over repeats
@@ -20,7 +21,6 @@ TF32 state and package versions.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -42,7 +42,7 @@ def measure_throughput(model: nn.Module, input_size: tuple = (3, 224, 224), batc
     """Measure img/s of ``model`` (moved to ``device``, switched to eval; restored to train if it was)."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
-    amp = cuda if amp is None else (amp and cuda)
+    amp = cuda if amp is None else amp  # CPU autocast (bfloat16, float16) is real too: honour it
     channels_last = cuda if channels_last is None else channels_last
     warmup = (50 if cuda else 3) if warmup is None else warmup
     iters = (200 if cuda else 10) if iters is None else iters
@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                        help="autocast dtype (default float16 on CUDA, float32 on CPU)")
+                        help="autocast dtype (default float16 on CUDA, float32 = no autocast on CPU)")
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous on CUDA")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 50 CUDA / 3 CPU)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 200 CUDA / 10 CPU)")
@@ -104,21 +104,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import timm
-
-    import sf_mamba  # noqa: F401
-    from sf_mamba.utils.io import atomic_write_json
+    from sf_mamba.utils.cli import (check_output_path, create_model, fail, parse_json_object, print_json,
+                                    write_json_result)
     from sf_mamba.utils.provenance import build_meta
 
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("sf_mamba bench: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
     try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        print(f"sf_mamba bench: --model-kwargs is not JSON: {err}", file=sys.stderr)
-        return 2
+        device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError as err:
+        fail(f"--device {args.device!r} is not a device: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but CUDA is not available")
+    kwargs = parse_json_object(args.model_kwargs)
+    for option in ("batch", "img_size", "warmup", "iters", "repeats"):
+        value = getattr(args, option)
+        if value is not None and value < (0 if option == "warmup" else 1):
+            fail(f"--{option.replace('_', '-')} must be {'>= 0' if option == 'warmup' else 'positive'}, got {value}")
+    if args.out:
+        check_output_path(args.out)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -127,11 +129,7 @@ def main(args: argparse.Namespace) -> int:
     repeats = args.repeats or (5 if cuda else 1)
     results = []
     for name in args.model:
-        if not timm.is_model(name):
-            print(f"sf_mamba bench: unknown model {name!r}; sf_mamba models: {timm.list_models('sf_mamba*')}",
-                  file=sys.stderr)
-            return 2
-        model = timm.create_model(name, **kwargs)
+        model = create_model(name, kwargs)
         r = measure_throughput(model, (3, args.img_size, args.img_size), batch_size=batch, device=device,
                                amp=dtype != "float32", amp_dtype=getattr(torch, dtype),
                                channels_last=cuda and not args.no_channels_last, warmup=args.warmup,
@@ -146,6 +144,6 @@ def main(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
     out = {"results": results, "meta": build_meta(device=device, extra={"kind": "throughput"})}
     if args.out:
-        atomic_write_json(args.out, out)
-    print(json.dumps(out, indent=2, default=str))
+        write_json_result(args.out, out)
+    print_json(out)
     return 0

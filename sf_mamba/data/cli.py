@@ -18,20 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sf_mamba.utils.cli import check_output_path, fail
+
     from .builders import build_dataset
 
     if not 0.0 < args.val_fraction < 1.0:
-        print(f"sf_mamba data: --val-fraction must be in (0, 1), got {args.val_fraction}", file=sys.stderr)
-        return 2
+        fail(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.size < 8:
-        print(f"sf_mamba data: --size must be >= 8, got {args.size}", file=sys.stderr)
-        return 2
+        fail(f"--size must be >= 8, got {args.size}")
+    check_output_path(args.out, directory=True)
     try:
         info = build_dataset(args.name, args.out, size=args.size, val_fraction=args.val_fraction,
                              seed=args.seed, force=args.force)
-    except FileExistsError as err:
-        print(f"sf_mamba data: {err}", file=sys.stderr)
-        return 1
+    except FileExistsError as err:  # another build is there: keep it unless --force
+        fail(str(err))
     verb = "built" if info["created"] else "already present (unchanged)"
     print(f"{args.name}: {verb} at {info['path']}: train {info['counts']['train']}, "
           f"val {info['counts']['val']} images, {info['num_classes']} classes")
@@ -40,6 +40,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="sf_mamba data")
-    add_arguments(_p)
-    sys.exit(main(_p.parse_args()))
+    from sf_mamba.cli import main as _cli_main
+
+    sys.exit(_cli_main(["data", *sys.argv[1:]]))

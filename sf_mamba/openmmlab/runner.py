@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sf_mamba.utils.cli import CliError
 from sf_mamba.utils.io import atomic_write_json
 from sf_mamba.utils.provenance import build_meta, canonical_json, config_hash
 
@@ -67,7 +68,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count in metrics.json")
 
 
-class BadInput(Exception):
+class BadInput(CliError):
     """A user error (missing file, bad config key, wrong data layout): exit 2, one line on stderr."""
 
 
@@ -108,6 +109,9 @@ def load_config(args: argparse.Namespace, task: Task = SEG, command: str | None 
         cfg.merge_from_dict(args.cfg_options)
     if args.data_root:
         set_data_root(cfg, args.data_root)
+    for dataset in _datasets(cfg):  # the config's own roots too: mmengine would end in a traceback
+        if dataset.get("data_root"):
+            check_data_root(dataset["data_root"], task)
     cfg.work_dir = str(Path(args.work_dir))
     cfg.launcher = args.launcher
     return cfg
@@ -155,15 +159,21 @@ def set_data_root(cfg, root: str) -> None:
             ann = ev.get("ann_file") if ev is not None and hasattr(ev, "get") else None
             if old_root and isinstance(ann, str) and ann.startswith(old_root + "/"):
                 ev["ann_file"] = os.path.join(str(root), ann[len(old_root) + 1:])
+    for ds in _datasets(cfg):
+        ds["data_root"] = str(root)
+
+
+def _datasets(cfg):
+    """The innermost dataset config of each dataloader (through RepeatDataset etc.)."""
     for key in _DATALOADERS:
         loader = cfg.get(key)
         if loader is None:
             continue
         ds = loader.get("dataset")
-        while ds is not None and "dataset" in ds and "data_root" not in ds:  # RepeatDataset etc.
+        while ds is not None and "dataset" in ds and "data_root" not in ds:
             ds = ds["dataset"]
         if ds is not None:
-            ds["data_root"] = str(root)
+            yield ds
 
 
 def resolved_config(cfg) -> dict:

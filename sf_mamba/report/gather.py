@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -161,13 +160,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sf_mamba.utils.cli import check_output_path, fail
+
+    out = check_output_path(args.out)
     try:
         manifest = _read_json(Path(args.manifest))
+    except (OSError, ValueError) as err:
+        fail(f"--manifest {args.manifest!r}: {err}")
+    try:
         frame = gather(manifest)
     except (OSError, ValueError) as err:
-        print(f"sf_mamba gather: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
+        fail(str(err))
     atomic_write_text(out, frame.to_csv(index=False))
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     print(f"gathered {len(frame)} rows into {out}: {counts}")

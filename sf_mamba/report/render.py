@@ -784,6 +784,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sf_mamba.utils.cli import check_output_path
+
+    check_output_path(args.out, directory=True)
     try:
         files = render(args.runs, args.out, rq=args.rq, all_=args.all, reference_path=args.reference)
     except (OSError, ValueError) as err:

@@ -18,30 +18,27 @@ from pathlib import Path
 import torch
 
 
-def _load_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found") from None
-
-
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name: str | None = None,
                         use_ema: bool = False, batch_size: int = 128, num_workers: int = 4,
                         img_size: int | None = None, crop_pct: float | None = None,
                         interpolation: str | None = None, device: str | None = None,
                         model_kwargs: dict | None = None, split: str = "validation") -> dict:
-    import timm
     import yaml
     from timm.data import resolve_data_config
 
-    import sf_mamba  # noqa: F401
-    from sf_mamba.data.builders import check_imagefolder
+    from sf_mamba.data.builders import DataLayoutError, check_imagefolder
     from sf_mamba.train.data import build_eval_loader
     from sf_mamba.train.loop import validate as evaluate
+    from sf_mamba.utils.cli import create_model, fail, load_checkpoint, shorten
+
+    def data_layout() -> dict:
+        try:
+            return check_imagefolder(data_dir, need_train=False)
+        except DataLayoutError as err:
+            fail(f"--data-dir: {err}")
 
     checkpoint = Path(checkpoint)
-    layout = check_imagefolder(data_dir, need_train=False)
-    ck = _load_state(checkpoint)
+    ck = load_checkpoint(checkpoint)  # the checkpoint first: it names the model that the data must fit
     data_args: dict = {}
     kwargs = dict(model_kwargs or {})
     if isinstance(ck, dict) and "model" in ck and "config_sha256" in ck:  # sf_mamba train checkpoint
@@ -50,7 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name
         num_classes = ck["num_classes"]
         if use_ema:
             if not ck.get("ema"):
-                raise ValueError(f"{checkpoint} has no EMA weights (ema.enabled was false)")
+                fail(f"{checkpoint} has no EMA weights (ema.enabled was false)")
             state = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
         else:
             state = ck["model"]
@@ -65,16 +62,21 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name
                     data_args[key] = d[key]
     else:
         state = ck.get("state_dict", ck) if isinstance(ck, dict) else ck
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            fail(f"checkpoint {str(checkpoint)!r} holds no state_dict (a dict of tensors), "
+                 f"nor is it a checkpoint of sf_mamba train")
         if model_name is None:
-            raise ValueError("a plain state_dict needs --model")
+            fail("a plain state_dict needs --model")
         head = [v for k, v in state.items() if k.endswith("head.weight")]
-        num_classes = head[0].shape[0] if head else len(layout["classes"])
-    if not timm.is_model(model_name):
-        raise ValueError(f"unknown model {model_name!r}; sf_mamba models: {timm.list_models('sf_mamba*')}")
+        num_classes = head[0].shape[0] if head else len(data_layout()["classes"])
     if use_ema and "config_sha256" not in (ck if isinstance(ck, dict) else {}):
-        raise ValueError("--use-ema needs a checkpoint written by sf_mamba train")
-    model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
-    model.load_state_dict(state, strict=True)
+        fail("--use-ema needs a checkpoint written by sf_mamba train")
+    model = create_model(model_name, {"num_classes": num_classes, **kwargs})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        fail(f"checkpoint {str(checkpoint)!r} does not fit {model_name}: {shorten(err)}")
+    data_layout()
     if img_size is not None:
         data_args["input_size"] = (3, img_size, img_size)
     if crop_pct is not None:
@@ -82,7 +84,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name
     if interpolation is not None:
         data_args["interpolation"] = interpolation
     data_cfg = resolve_data_config(data_args, model=model)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        fail(f"--device {device!r} is not a device: {shorten(err)}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but CUDA is not available")
     model.to(dev).eval()
     _, loader = build_eval_loader(str(data_dir), data_cfg, batch_size, num_workers, dev, split=split)
     amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if dev.type == "cuda" else None
@@ -109,18 +116,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from sf_mamba.data.builders import DataLayoutError
-    from sf_mamba.utils.io import atomic_write_json
+    from sf_mamba.utils.cli import check_output_path, write_json_result
 
-    try:
-        res = evaluate_checkpoint(args.checkpoint, args.data_dir, args.model, args.use_ema, args.batch_size,
-                                  args.workers, args.img_size, args.crop_pct, args.interpolation, args.device)
-    except (FileNotFoundError, ValueError, DataLayoutError, RuntimeError) as err:
-        print(f"sf_mamba eval: error: {err}", file=sys.stderr)
-        return 2
+    if args.out:
+        check_output_path(args.out)
+    res = evaluate_checkpoint(args.checkpoint, args.data_dir, args.model, args.use_ema, args.batch_size,
+                              args.workers, args.img_size, args.crop_pct, args.interpolation, args.device)
     print(f"{res['model']}{' (EMA)' if res['ema'] else ''}: top-1 {res['top1']:.2f} top-5 {res['top5']:.2f} "
           f"loss {res['loss']:.4f} on {res['count']} images", file=sys.stderr)
     if args.out:
-        atomic_write_json(args.out, res)
+        write_json_result(args.out, res)
     print(json.dumps(res))
     return 0

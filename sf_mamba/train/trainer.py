@@ -89,10 +89,10 @@ def _train(cfg: dict, p: RunPaths, resume: bool, layout: dict, dist_info) -> dic
     # ---- components (every check before the run dir is written) ----
     model = build.create_model(cfg, num_classes)
     data_cfg = data.resolve_data(cfg, model)
-    use_cuda = device.type == "cuda"
     amp_dtype = torch.float16 if tc["amp_dtype"] == "float16" else torch.bfloat16
-    use_amp = bool(tc["amp"]) and use_cuda
-    channels_last = bool(tc["channels_last"]) and use_cuda
+    # Honoured on CPU too (CPU autocast, GradScaler("cpu")), so CPU tests run the GPU recipe's paths.
+    use_amp = bool(tc["amp"])
+    channels_last = bool(tc["channels_last"])
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -112,7 +112,7 @@ def _train(cfg: dict, p: RunPaths, resume: bool, layout: dict, dist_info) -> dic
                           f"train.batch_size={tc['batch_size']} x {dist_info.world_size} processes")
     optimizer = build.build_optimizer(cfg, model)
     scheduler, num_epochs = build.build_scheduler(cfg, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     ema = build.build_ema(cfg, model)
     mixup_fn, criterion = build.build_criterion(cfg, num_classes)
 

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["CliError", "fail", "one_line", "parse_json_object", "check_output_path", "write_json_result",
-           "print_json", "create_model"]
+__all__ = ["CliError", "fail", "one_line", "shorten", "parse_json_object", "check_output_path",
+           "write_json_result", "print_json", "create_model", "load_checkpoint"]
 
 
 class CliError(Exception):
@@ -35,6 +35,12 @@ def one_line(text: Any) -> str:
     return " ".join(str(text).split())
 
 
+def shorten(text: Any, limit: int = 400) -> str:
+    """:func:`one_line`, cut to ``limit`` characters (a state_dict mismatch lists every key)."""
+    text = one_line(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_json_object(text: str, option: str = "--model-kwargs") -> dict:
     """Parse ``text`` as a JSON object (a dict), or fail naming ``option``."""
     try:
@@ -46,11 +52,12 @@ def parse_json_object(text: str, option: str = "--model-kwargs") -> dict:
     return value
 
 
-def check_output_path(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create ``path``'s parent directory and check it is writable, before any long computation."""
+def check_output_path(path: str | os.PathLike, option: str = "--out", directory: bool = False) -> Path:
+    """Create ``path``'s parent directory and check it is writable, before any long computation.
+    ``path`` names a file, or with ``directory=True`` a directory (which may exist)."""
     path = Path(path)
-    if path.is_dir():
-        fail(f"{option} {str(path)!r} is a directory, not a file path")
+    if path.exists() and path.is_dir() != directory:
+        fail(f"{option} {str(path)!r} is {'not ' if directory else ''}a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -89,3 +96,20 @@ def create_model(name: str, kwargs: dict | None = None, option: str = "--model-k
         return timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as err:
         fail(f"{name} rejects {option} {json.dumps(kwargs, default=str)}: {one_line(err)}")
+
+
+def load_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a missing file, a directory or a file that is
+    not a PyTorch checkpoint is bad input that names ``option``."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        fail(f"{option} {str(path)!r} not found")
+    if not path.is_file():
+        fail(f"{option} {str(path)!r} is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and torch raise a dozen types for a bad file
+        fail(f"{option} {str(path)!r} is not a readable PyTorch checkpoint ({type(err).__name__}: "
+             f"{shorten(str(err).splitlines()[0] if str(err) else '', 160)})")

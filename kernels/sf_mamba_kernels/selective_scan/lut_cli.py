@@ -9,6 +9,7 @@ It refuses to run without a CUDA GPU: a table entry is only ever a measurement.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import bench, lut
@@ -95,10 +96,13 @@ def main(args) -> int:
     if args.action == "build":
         return _build(args)
     path = args.path or lut.lut_path()
+    if args.path and not os.path.isfile(args.path):
+        print(f"sf_mamba lut show: error: --path {args.path!r} not found", file=sys.stderr)
+        return 2
     try:
         table = lut.read_table(path)
     except ValueError as err:
-        print(f"sf_mamba lut show: {err}", file=sys.stderr)
+        print(f"sf_mamba lut show: error: --path {str(path)!r} is not a fold LUT: {err}", file=sys.stderr)
         return 2
     print(f"# {path}")
     print(format_table(table))
