@@ -29,15 +29,6 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    from sf_mamba.data import build_digits
-
-    out = tmp_path_factory.mktemp("data") / "digits"
-    build_digits(out)
-    return out
-
-
 # Faults are injected by monkeypatching the loop's step functions, never by hooks inside the loop.
 # A SIGKILL has to hit a separate process: this script patches `train_step` there, then runs the CLI.
 KILL_AFTER_STEP = """

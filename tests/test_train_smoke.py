@@ -18,12 +18,6 @@ import pytest
 from sf_mamba.cli import main as cli
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    assert cli(["data", "digits", "--out", str(out)]) == 0
-    return out
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
