@@ -9,10 +9,11 @@ Skip policy
     condition is a *failure* instead, so CI cannot go green with the Slurm tests silently skipped.
     The same rule applies to the "a piece of the project is missing" skips (:func:`require`).
 
-Usage in a test module::
+Usage in a test module: the fixtures (``slurm_cluster``, ``slurm_jobs``, ``digits_data``) come from
+this module loaded as a pytest plugin (``pytest_plugins`` in tests/conftest.py); helpers are imported
+by name (pytest puts tests/ on the import path)::
 
-    sys.path.insert(0, str(Path(__file__).parent))      # tests/ has no __init__.py
-    from slurm_support import slurm_cluster, slurm_jobs  # noqa: F401  (pytest fixtures)
+    from slurm_support import sacct_job, wait_until
     pytestmark = [pytest.mark.slurm]
 
 Every submission made here names its executor explicitly (``submitit.SlurmExecutor``, or
@@ -274,14 +275,9 @@ def sf_mamba_cmd(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def digits_data(tmp_path_factory, slurm_cluster) -> Path:
-    """The real offline digits set (ImageFolder layout), built once per session."""
-    out = tmp_path_factory.mktemp("slurm_data") / "digits"
-    proc = subprocess.run(sf_mamba_cmd("data", "digits", "--out", str(out)), capture_output=True, text=True,
-                          timeout=300, env=subprocess_env(), cwd=REPO)
-    if proc.returncode != 0:
-        pytest.fail(f"`sf_mamba data digits` failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
-    return out
+def digits_data(digits, slurm_cluster) -> Path:
+    """The session's offline digits set (tests/conftest.py), once a cluster is up."""
+    return digits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ def synthetic_runs(tmp: Path, with_gpu: bool = False) -> Path:
     def train(exp, rq, seed, top1, **desc):
         p = tmp / f"runs/{exp}/seed{seed}/metrics.json"
         if top1 is not None:
-            write(p, {"top1": top1, "params": 0.58e6})
+            write(p, {"top1": top1, "top5": 99.0, "loss": 1.0, "params": 0.58e6})
         man.append({"kind": "train", "rq": rq, "path": str(p), "experiment": exp, "seed": seed, **desc})
 
     def bench(exp, rq, thr, device="cpu (x86_64, 2 cores)", **desc):
         p = tmp / f"bench/{exp}.json"
         if thr is not None:
-            write(p, {"throughput": thr, "device_name": device})
+            write(p, {"results": [{"model": "m", "throughput": thr, "batch_size": 16, "device_name": device}]})
         man.append({"kind": "bench", "rq": rq, "path": str(p), "experiment": exp, **desc})
 
     for exp, scan, attn, mp, label in (("swap_attn", "swap", True, False, "swap"),
@@ -46,19 +46,22 @@ def synthetic_runs(tmp: Path, with_gpu: bool = False) -> Path:
             train(exp, "rq1_scan", seed, None if exp == "bi_series_noattn" and seed == 1 else top1, **desc)
         bench(exp, "rq1_scan", 200.0 + len(exp), **desc)
         p = tmp / f"flops/runs/{exp}.json"      # MACs come from `sf_mamba flops`, not from training
-        write(p, {"results": [{"params": 0.58e6, "macs": 2.1e6 if scan == "swap" else 2.4e6}], "meta": {}})
+        write(p, {"results": [{"model": "sf_mamba_micro", "params": 0.58e6, "macs": 2.1e6 if scan == "swap" else 2.4e6}],
+                  "meta": {}})
         man.append({"kind": "flops", "rq": "rq1_scan", "path": str(p), "experiment": exp, **desc})
     for exp, tokens in (("swap_attn", 1), ("aux0", 0), ("aux2", 2)):
         desc = dict(scan="swap", aux_tokens=tokens, aux_init="learnable", aux_discard="before_attention",
                     label=f"{tokens} aux", model="sf_mamba_micro")
         train(exp, "rq3_aux", 0, 55.0 + tokens, **desc)
         p = tmp / f"probe/{exp}.json"
-        write(p, {"future_influence": 0.1 * tokens, "n_images": 4})
+        write(p, {"summary": [{"label": "x", "scan": "swap", "future_mass_ratio": 0.1 * tokens,
+                               "far_future_mass_ratio_mean": 0.05 * tokens}], "entries": [], "meta": {}})
         man.append({"kind": "probe", "rq": "rq3_aux", "path": str(p), "experiment": exp, **desc})
     for size in ("t", "s"):
         for fam, family, scan in (("sf", "SF-Mamba", "swap"), ("mv", "MambaVision", "uni")):
             p = tmp / f"flops/sf_mamba_{size}_{fam}.json"
-            write(p, {"params": {"t": 31.79e6, "s": 52.0e6}[size], "macs": {"t": 4.41e9, "s": 7.5e9}[size]})
+            write(p, {"results": [{"model": f"sf_mamba_{size}", "params": {"t": 31.79e6, "s": 52.0e6}[size],
+                                   "macs": {"t": 4.41e9, "s": 7.5e9}[size]}]})
             man.append({"kind": "flops", "rq": "rq4_sizes", "path": str(p), "model": f"sf_mamba_{size}",
                         "family": family, "scan": scan, "experiment": f"{fam}_{size}",
                         "reference": f"mambavision_{size}" if fam == "mv" else f"sf_mamba_{size}"})
@@ -74,14 +77,16 @@ def synthetic_runs(tmp: Path, with_gpu: bool = False) -> Path:
     for k in ("1", "auto"):
         for b in (8, 32):
             q = tmp / f"fb/{k}_{b}.json"
-            write(q, {"throughput": 100.0 * b / 8, "device_name": "cpu"})
+            write(q, {"results": [{"model": "sf_mamba_micro", "throughput": 100.0 * b / 8, "batch_size": b,
+                                   "device_name": "cpu"}]})
             man.append({"kind": "bench", "rq": "rq2_fold", "path": str(q), "model": "sf_mamba_micro",
                         "fold": k, "batch_size": b, "img_size": 32, "experiment": f"micro_fold{k}"})
     q = tmp / "seg/metrics.json"
-    write(q, {"mIoU": 40.0, "mAcc": 50.0, "aAcc": 80.0})
+    write(q, {"mIoU": 40.0, "mAcc": 50.0, "aAcc": 80.0, "params": 1e6})
     man.append({"kind": "seg", "rq": "rq5_seg", "path": str(q), "seed": 0, "experiment": "seg_smoke",
                 "label": "micro", "reference": ""})
     frame = g.gather(man)
+    assert set(frame["status"]) == {"ok", "missing"}      # the synthetic files follow their schemas
     out = tmp / "runs.csv"
     frame.to_csv(out, index=False)
     return out

@@ -101,7 +101,7 @@ def test_metrics_and_meta_json(resumed_run, tiny_data):
         assert isinstance(m[key], float) and 0.0 <= m[key] <= 100.0
     assert m["metrics_unit"] == "percent" and m["kind"] == "train" and m["config"] == "smoke.py"
     assert m["params"] > m["params_backbone"] > 100_000
-    assert m["flops"] > 1_000_000 and m["flops_unit"] == "MACs" and m["flops_input_shape"] == [3, 64, 64]
+    assert m["macs"] > 1_000_000 and m["macs_input_shape"] == [3, 64, 64] and m["scan_flops"] > 0
     assert m["config_sha256"] == meta["config_sha256"] and len(meta["config_sha256"]) == 64
     assert meta["kind"] == "seg-train" and meta["seed"] == 0
     assert set(meta["git"]) >= {"sha", "dirty"} and "slurm" in meta and "restart_count" in meta["slurm"]
@@ -121,7 +121,7 @@ def test_seg_test_reproduces_the_final_val(resumed_run, tmp_path, tiny_data):
          "--work-dir", str(out), "--data-root", str(tiny_data), "--no-flops")
     m = json.loads((out / "metrics.json").read_text())
     meta = json.loads((out / "meta.json").read_text())
-    assert m["kind"] == "test" and m["flops"] is None and m["iter"] == 6 and m["max_iters"] is None
+    assert m["kind"] == "test" and m["macs"] is None and m["iter"] == 6 and m["max_iters"] is None
     assert m["mIoU"] == pytest.approx(resumed_run["metrics"]["mIoU"], abs=1e-6)
     assert meta["checkpoint"].endswith("iter_6.pth")
 

@@ -7,16 +7,12 @@ SF_MAMBA_REQUIRE_SLURM=1 (see tests/slurm_support.py).
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_support import (  # noqa: E402,F401  (fixtures are used by name)
+from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
     sacct_job,
-    slurm_cluster,
-    slurm_jobs,
     wait_job_state,
     wait_until,
 )

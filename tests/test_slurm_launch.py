@@ -14,23 +14,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_support import (  # noqa: E402,F401  (fixtures are used by name)
+from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
     REPO,
-    digits_data,
     job_ids_since,
     job_state,
     max_job_id,
     sacct_job,
     sf_mamba_cmd,
-    slurm_cluster,
-    slurm_jobs,
     subprocess_env,
     wait_until,
 )
@@ -39,7 +34,7 @@ submitit = pytest.importorskip("submitit")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
 
-RECIPE = REPO / "configs" / "train" / "smoke.yaml"
+RECIPE = REPO / "sf_mamba" / "configs" / "train" / "smoke.yaml"
 # A few optimizer steps with a checkpoint after every one, so an interruption lands mid-run.
 TINY = ["sched.epochs=2", "sched.warmup_epochs=0", "train.max_steps_per_epoch=5", "train.batch_size=16",
         "train.ckpt_every_steps=1", "train.log_every_steps=1",
@@ -50,11 +45,6 @@ DETERMINISTIC = ("top1", "top5", "loss", "train_loss", "ema_top1", "ema_top5", "
 
 
 _sf_mamba = sf_mamba_cmd
-
-
-@pytest.fixture
-def digits(digits_data) -> Path:
-    return digits_data
 
 
 def _train_args(run_dir: str, digits: Path) -> list[str]:

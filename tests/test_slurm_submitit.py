@@ -8,20 +8,16 @@ checkpoint and ``metrics.json`` written last.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_support import (  # noqa: E402,F401  (fixtures are used by name)
+from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
     StepTask,
     job_environment,
     sacct_job,
-    slurm_cluster,
     slurm_executor,
-    slurm_jobs,
     wait_until,
 )
 

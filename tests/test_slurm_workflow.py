@@ -24,17 +24,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_support import (  # noqa: E402,F401  (fixtures are used by name)
+from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
     REPO,
-    digits_data,
     job_ids_since,
     job_state,
     max_job_id,
     require,
     sacct_job,
-    slurm_cluster,
-    slurm_jobs,
     subprocess_env,
     wait_until,
 )

@@ -18,15 +18,6 @@ SETS = ["sched.epochs=1", "train.max_steps_per_epoch=3", "train.ckpt_every_steps
         "train.batch_size=32"]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    from sf_mamba.data import build_digits
-
-    out = tmp_path_factory.mktemp("data") / "digits"
-    build_digits(out)
-    return out
-
-
 def _train_args(run: Path, data: Path) -> list[str]:
     args = ["train", "--config", "smoke", "--run-dir", str(run), "--data-dir", str(data)]
     for s in SETS:

@@ -29,15 +29,6 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    from sf_mamba.data import build_digits
-
-    out = tmp_path_factory.mktemp("data") / "digits"
-    build_digits(out)
-    return out
-
-
 # Faults are injected by monkeypatching the loop's step functions, never by hooks inside the loop.
 # A SIGKILL has to hit a separate process: this script patches `train_step` there, then runs the CLI.
 KILL_AFTER_STEP = """
@@ -126,6 +117,10 @@ def test_outputs_and_provenance(reference_run):
     assert metrics["params"] > 0
     # no benchmarking inside training: MACs and throughput come from `sf_mamba flops` / `bench`
     assert not {"macs", "scan_flops", "throughput"} & set(metrics)
+    from sf_mamba.report.gather import gather_entry     # the run is what the `train` result schema says
+
+    (row,) = gather_entry({"kind": "train", "rq": "rq1_scan", "path": str(run / "metrics.json")})
+    assert row["status"] == "ok" and row["params_m"] == metrics["params"] / 1e6 and row["device"]
     meta = json.loads((run / "meta.json").read_text())
     assert len(meta["git"]["sha"] or "") == 40 and isinstance(meta["git"]["dirty"], bool)
     assert meta["config_sha256"] == metrics["config_sha256"]

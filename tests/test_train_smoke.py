@@ -18,12 +18,6 @@ import pytest
 from sf_mamba.cli import main as cli
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    assert cli(["data", "digits", "--out", str(out)]) == 0
-    return out
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -83,6 +77,50 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, digits, capsys, da
     err = capsys.readouterr().err
     assert message in err and "error" in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("run dir under a file", "is not a directory"),
+    ("run dir is a file", "exists and is not a directory"),
+    ("corrupt checkpoint", "is not a readable checkpoint"),
+    ("empty checkpoint", "is not a readable checkpoint"),
+    ("config file is not a mapping", "must hold a mapping"),
+    ("config file is not YAML", "is not valid YAML: not UTF-8"),
+    ("config file has a YAML syntax error", "is not valid YAML"),
+])
+def test_bad_files_fail_clearly_and_change_nothing(tmp_path, digits, capsys, case, message):
+    """Wrong file types, unwritable output and a corrupt checkpoint: one line naming the problem,
+    exit 2, no traceback, and nothing written or changed."""
+    import yaml
+
+    from sf_mamba.train.config import load_config
+
+    run, config = tmp_path / "run", "smoke"
+    if case == "run dir under a file":
+        (tmp_path / "a_file").write_text("x")
+        run = tmp_path / "a_file" / "run"
+    elif case == "run dir is a file":
+        run.write_text("x")
+    elif case.endswith("checkpoint"):          # a run dir of this very config, its checkpoint damaged
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(load_config("smoke", [f"data.dir={digits}"])))
+        (run / "checkpoints" / "last.pth").write_bytes(b"" if case.startswith("empty") else b"not a torch file")
+    elif case == "config file is not a mapping":
+        config = str(tmp_path / "list.yaml")
+        (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    elif case == "config file has a YAML syntax error":
+        config = str(tmp_path / "broken.yaml")
+        (tmp_path / "broken.yaml").write_text("optim:\n  lr: [1e-3\n")
+    else:
+        config = str(tmp_path / "image.yaml")
+        (tmp_path / "image.yaml").write_bytes(b"\x89PNG\r\n\x1a\n: : {[")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    argv = ["train", "--config", config, "--run-dir", str(run), "--data-dir", str(digits)]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sf_mamba train: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_unknown_config_file_and_bad_override_syntax(tmp_path, digits, capsys):

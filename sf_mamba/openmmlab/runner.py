@@ -200,22 +200,19 @@ def count_params(model) -> dict:
 
 
 def count_flops(model, input_shape, task: Task | None = None) -> dict:
-    """MACs of one forward (``mode='tensor'``) at ``input_shape`` (C, H, W), by mmengine.analysis.
+    """MACs of one forward (``mode='tensor'``) at ``input_shape`` (C, H, W), counted by the package's
+    one MAC counter (``sf_mamba.bench.flops.count_flops``: MambaVision's convention, attention and the
+    selective scan counted apart as ``attention_macs`` and ``scan_flops``).
 
     Detectors' tensor forward needs image metadata (the RPN decodes boxes within the image), so for
     ``task=DET`` one data sample describing the unpadded input goes along.
-
-    Convention: mmengine's fvcore-style counter reports one multiply-add as one "flop", i.e. MACs --
-    the convention of mmseg's get_flops and of MambaVision's tables; ops it cannot count (the
-    selective scan among them) are skipped and listed.
     """
     import torch
-    from mmengine.analysis import FlopAnalyzer
+
+    from sf_mamba.bench.flops import count_flops as count_macs
 
     model = unwrap(model)
-    device = next(model.parameters()).device
-    x = torch.zeros((1, *input_shape), device=device)
-    traced = model
+    counted_model = model
     if task is not None and task.name == "det":
         from mmdet.structures import DetDataSample
 
@@ -223,7 +220,7 @@ def count_flops(model, input_shape, task: Task | None = None) -> dict:
         samples = [DetDataSample(metainfo=dict(img_shape=hw, ori_shape=hw, pad_shape=hw,
                                                batch_input_shape=hw, scale_factor=(1.0, 1.0)))]
 
-        class _WithSamples(torch.nn.Module):  # the JIT tracer takes tensors only
+        class _WithSamples(torch.nn.Module):  # the counter calls model(inputs) only
             def __init__(self, detector):
                 super().__init__()
                 self.detector = detector
@@ -231,20 +228,11 @@ def count_flops(model, input_shape, task: Task | None = None) -> dict:
             def forward(self, inputs):
                 return self.detector(inputs, samples, mode="tensor")
 
-        traced = _WithSamples(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analyzer = FlopAnalyzer(traced, inputs=(x,))
-            analyzer.unsupported_ops_warnings(False)
-            analyzer.uncalled_modules_warnings(False)
-            flops = int(analyzer.total())
-            skipped = sorted(analyzer.unsupported_ops())
-    finally:
-        model.train(was_training)
-    return {"flops": flops, "flops_input_shape": list(input_shape), "flops_unit": "MACs",
-            "flops_uncounted_ops": skipped}
+        counted_model = _WithSamples(model)
+    counted = count_macs(counted_model, tuple(input_shape), device=next(model.parameters()).device)
+    return {"macs": counted["macs"], "attention_macs": counted["attention_macs"],
+            "scan_flops": counted["scan_flops"], "macs_convention": counted["convention"],
+            "macs_input_shape": list(input_shape)}
 
 
 def sf_mamba_extras(cfg) -> dict:
@@ -269,13 +257,12 @@ def write_results(work_dir: str | os.PathLike, cfg, metrics: dict, runner, *, ki
     extras = sf_mamba_extras(cfg)
     shape = extras.get("flops_input_shape")
     if no_flops or not shape:
-        out.update(flops=None, flops_input_shape=list(shape) if shape else None, flops_unit="MACs")
+        out.update(macs=None, macs_input_shape=list(shape) if shape else None)
     else:
         try:
             out.update(count_flops(runner.model, tuple(shape), task))
-        except Exception as err:  # a FLOP count must never lose a finished run
-            out.update(flops=None, flops_input_shape=list(shape), flops_unit="MACs",
-                       flops_error=f"{type(err).__name__}: {err}")
+        except Exception as err:  # a MAC count must never lose a finished run
+            out.update(macs=None, macs_input_shape=list(shape), macs_error=f"{type(err).__name__}: {err}")
     out["iter"], out["max_iters"] = _iters(runner, kind, (extra_meta or {}).get("checkpoint"))
     out["kind"] = kind
     out["config"] = str(Path(cfg.filename).name) if cfg.filename else None

@@ -11,32 +11,24 @@ Each entry becomes one row (a ``fold_sweep`` file becomes one row per measured p
 - the manifest's description columns (experiment, seed, scan, attention, ...);
 - ``status``: ``ok``, or ``missing`` when the file does not exist (a missing run is a row, never a
   silently shorter table; nothing is filled in);
-- the file's scalar metrics (nested mappings flattened as ``a.b``), with normalised aliases:
-  ``params_m``, ``macs_g``, ``throughput`` (img/s), ``miou``, ``device``;
-- provenance from a ``meta.json`` beside the file, prefixed ``meta.`` (git sha, config hash, ...).
+- the file's scalar metrics (nested mappings flattened as ``a.b``) and the canonical columns
+  ``params_m``, ``macs_g``, ``throughput`` (img/s), ``miou``, ``device``, each read from the one key
+  that the kind's schema names (``sf_mamba.report.schema``: one schema per result kind);
+- provenance from the file's ``meta`` or a ``meta.json`` beside it, prefixed ``meta.``.
+
+A file that lacks a key its schema requires is an ``invalid: ...`` row, not a guess.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from sf_mamba.report.schema import CANONICAL_COLUMNS, KINDS, SCHEMAS
 from sf_mamba.utils.io import atomic_write_text
 
-KINDS = ("train", "bench", "flops", "probe", "fold_sweep", "seg", "fc_train")
-# first present source wins; names are as the producing commands write them
-ALIASES: dict[str, tuple[str, ...]] = {
-    "throughput": ("throughput", "img_per_s", "images_per_s", "imgs_per_sec", "samples_per_sec",
-                   "throughput_img_s", "throughput.median", "throughput.img_per_s"),
-    "miou": ("miou", "mIoU", "metrics.mIoU", "metrics.miou"),
-    "device": ("device_name", "gpu_name", "throughput_protocol.device_name", "protocol.device_name",
-               "meta.device.device_name", "device", "protocol.device"),
-}
-# canonical columns recomputed from the sources even if a same-named raw value exists
-OVERWRITE = {"device"}
 META_KEEP = ("git", "config_sha256", "seed", "slurm", "device", "versions", "hostname", "start_utc",
              "end_utc", "wall_time_s")
 
@@ -58,31 +50,15 @@ def flatten(obj: Any, prefix: str = "", depth: int = 3) -> dict[str, Any]:
     return out
 
 
-def _first(row: dict, names: Iterable[str]):
-    for name in names:
-        value = row.get(name)
-        if value is not None and value != "" and not (isinstance(value, float) and math.isnan(value)):
-            return value
-    return None
-
-
-def normalise(row: dict) -> dict:
-    """Add the canonical metric columns every renderer relies on."""
-    for canon, names in ALIASES.items():
-        if canon in OVERWRITE or row.get(canon) in (None, "") or isinstance(row.get(canon), dict):
-            value = _first(row, names)
-            if value is not None:
-                row[canon] = value
-    if "params_m" not in row and isinstance(row.get("params"), (int, float)):
-        row["params_m"] = row["params"] / 1e6
-    if "macs_g" not in row and isinstance(row.get("macs"), (int, float)):
-        row["macs_g"] = row["macs"] / 1e9
-    if isinstance(row.get("throughput"), str):
-        try:
-            row["throughput"] = float(row["throughput"])
-        except ValueError:
-            row["throughput"] = None
-    return row
+def canonical_columns(kind: str, row: dict) -> dict:
+    """The canonical columns of one row, each from the one source key its kind's schema names."""
+    out = {}
+    for canon, (source, scale) in SCHEMAS[kind].columns.items():
+        value = row.get(source)
+        if isinstance(value, bool) or value is None:
+            continue
+        out[canon] = value * scale if isinstance(value, (int, float)) and scale != 1.0 else value
+    return out
 
 
 def _read_json(path: Path) -> Any:
@@ -90,51 +66,58 @@ def _read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+def _meta_columns(meta: Any) -> dict:
+    return flatten({k: meta[k] for k in META_KEEP if k in meta}, "meta.") if isinstance(meta, dict) else {}
+
+
+def _records(kind: str, data: Any) -> tuple[list, dict]:
+    """(records, extra columns shared by them) of a file laid out as its kind's schema says."""
+    layout = SCHEMAS[kind].layout
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object ({layout} layout), got {type(data).__name__}")
+    if layout == "flat":
+        return [data], {}
+    key = {"results": "results", "summary": "summary", "rows": "rows"}[layout]
+    if not isinstance(data.get(key), list):
+        raise ValueError(f"expected a {key!r} list ({layout} layout)")
+    shared = _meta_columns(data.get("meta"))
+    if layout == "rows":
+        shared.update(flatten(data.get("protocol", {}), "protocol."))
+    return data[key], shared
+
+
 def gather_entry(entry: dict) -> list[dict]:
-    """Rows for one manifest entry (several for a fold sweep)."""
-    if entry.get("kind") not in KINDS:
-        raise ValueError(f"manifest entry has unknown kind {entry.get('kind')!r}: {entry}")
+    """Rows for one manifest entry: one per record of the file (a fold sweep: one per point)."""
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"manifest entry has unknown kind {kind!r} (kinds: {', '.join(KINDS)}): {entry}")
     if "path" not in entry:
         raise ValueError(f"manifest entry without 'path': {entry}")
     path = Path(entry["path"])
-    base = {k: v for k, v in entry.items()}
+    base = dict(entry)
     if not path.exists():
         return [{**base, "status": "missing"}]
     try:
-        data = _read_json(path)
+        records, shared = _records(kind, _read_json(path))
     except (OSError, ValueError) as err:
         return [{**base, "status": f"unreadable: {err}"}]
     meta_path = path.with_name("meta.json")
-    meta = {}
     if meta_path.exists() and meta_path != path:
         try:
-            raw = _read_json(meta_path)
-            meta = flatten({k: raw[k] for k in META_KEEP if k in raw}, "meta.")
+            shared = {**_meta_columns(_read_json(meta_path)), **shared}
         except (OSError, ValueError):
-            meta = {"meta.error": "unreadable meta.json"}
-    if entry["kind"] == "fold_sweep":
-        protocol = flatten(data.get("protocol", {}), "protocol.")
-        rows = []
-        for point in data.get("rows", []):
-            rows.append(normalise({**base, "status": "ok", **protocol, **flatten(point), **meta}))
-        return rows or [{**base, "status": "empty"}]
-    # `sf_mamba bench/flops` write {"meta": ..., "results": [...]}, `probe` {"summary": [...], ...},
-    # the trainers a flat mapping with meta.json beside it
-    records = [data]
-    if isinstance(data, dict):
-        if isinstance(data.get("meta"), dict):
-            meta = {**flatten({k: data["meta"][k] for k in META_KEEP if k in data["meta"]}, "meta."), **meta}
-        for key in ("results", "summary"):
-            if isinstance(data.get(key), list) and data[key]:
-                records = data[key]
-                break
+            shared = {"meta.error": "unreadable meta.json", **shared}
     rows = []
     for record in records:
-        metrics = flatten(record) if isinstance(record, dict) else {"value": record}
+        metrics = flatten(record) if isinstance(record, dict) else {}
+        missing = [k for k in SCHEMAS[kind].required if metrics.get(k) is None]
+        if missing:
+            rows.append({**base, "status": f"invalid: {kind} result without {', '.join(missing)}"})
+            continue
         # the manifest describes the experiment; a metric of the same name must not overwrite it
-        metrics = {k: v for k, v in metrics.items() if k not in base}
-        rows.append(normalise({**base, "status": "ok", **metrics, **meta}))
-    return rows
+        row = {**base, "status": "ok", **{k: v for k, v in metrics.items() if k not in base}, **shared}
+        rows.append({**row, **canonical_columns(kind, row)})
+    return rows or [{**base, "status": "empty"}]
 
 
 def gather(manifest: list[dict]):
@@ -148,8 +131,8 @@ def gather(manifest: list[dict]):
         frame = pd.DataFrame(columns=["kind", "rq", "experiment", "status", "path"])
     lead = [c for c in ("kind", "rq", "experiment", "seed", "status", "label", "family", "model", "scan",
                         "attention", "aux_tokens", "aux_init", "aux_discard", "match_params", "fold",
-                        "batch_size", "img_size", "reference", "top1", "top5", "params_m", "macs_g",
-                        "throughput", "miou", "device", "path") if c in frame.columns]
+                        "batch_size", "img_size", "reference", "top1", "top5", *CANONICAL_COLUMNS,
+                        "path") if c in frame.columns]
     rest = sorted(c for c in frame.columns if c not in lead)
     return frame[lead + rest]
 

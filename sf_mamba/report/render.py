@@ -223,7 +223,8 @@ def render_rq1(runs: pd.DataFrame, out: Path) -> None:
     if len(pts) == 0:
         _empty_axes(ax, "no finished runs with both top-1 and throughput (missing)")
     else:
-        colors = dict(zip(["swap", "uni", "bi_parallel", "bi_series", "cross4"], plt.cm.tab10.colors))
+        # one colour per scan design, in sheet order (the designs come from the data, not a list here)
+        colors = dict(zip(summary["scan"].drop_duplicates(), plt.cm.tab10.colors))
         for _, r in pts.iterrows():
             attn = str(r["attention"]).lower() == "true"
             marker = ("o" if attn else "^") if str(r["match_params"]).lower() != "true" else ("s" if attn else "v")

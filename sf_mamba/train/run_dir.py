@@ -75,6 +75,7 @@ def check_run_dir(cfg: dict, run_dir: str | os.PathLike) -> str:
     p = RunPaths(Path(run_dir))
     if p.root.exists() and not p.root.is_dir():
         raise RunDirError(f"run dir {str(run_dir)!r} exists and is not a directory")
+    _check_writable(p.root)
     if p.config.is_file():
         try:
             old = yaml.safe_load(p.config.read_text())
@@ -91,6 +92,18 @@ def check_run_dir(cfg: dict, run_dir: str | os.PathLike) -> str:
     if p.metrics.is_file():
         return "complete"
     return "resume" if p.last.is_file() else "new"
+
+
+def _check_writable(root: Path) -> None:
+    """The run dir (or the nearest ancestor that exists) must be a writable directory: found before
+    any data is loaded, not when the first checkpoint is due."""
+    existing = root.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"run dir {str(root)!r} cannot be created: {str(existing)!r} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"run dir {str(root)!r} is not writable ({str(existing)!r} denies writing)")
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -144,8 +157,14 @@ def save_checkpoint(path: Path, cfg: dict, num_classes: int, parts, state, rng_s
 
 def load_checkpoint(path: Path, cfg: dict, parts, state, rank: int) -> dict:
     """Restore ``parts`` and ``state`` from ``last.pth``; return the checkpoint's RNG state for ``rank``."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if ck.get("config_sha256") != config_hash(cfg):
+    import pickle
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise RunDirError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else 'empty'}); move it away to start over") from None
+    if not isinstance(ck, dict) or ck.get("config_sha256") != config_hash(cfg):
         raise RunDirError(f"{path} was written for another config; refusing to resume")
     parts.model.load_state_dict(ck["model"])
     parts.optimizer.load_state_dict(ck["optimizer"])

@@ -116,14 +116,6 @@ def _train(cfg: dict, p: RunPaths, resume: bool, layout: dict, dist_info) -> dic
     ema = build.build_ema(cfg, model)
     mixup_fn, criterion = build.build_criterion(cfg, num_classes)
 
-    # ---- run dir (only after every check passed) ----
-    if is_main:
-        p.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if not p.config.exists():
-            atomic_write_yaml(p.config, cfg)
-    barrier()
-    _setup_logging(p.text_log, is_main)
-
     train_model = model
     if dist_info.distributed:
         train_model = nn.parallel.DistributedDataParallel(
@@ -138,11 +130,20 @@ def _train(cfg: dict, p: RunPaths, resume: bool, layout: dict, dist_info) -> dic
                        clip_mode=cfg["optim"]["clip_mode"], mesa=cfg["mesa"], world_size=dist_info.world_size)
     state = TrainState()
 
-    # ---- resume ----
+    # ---- resume (a damaged checkpoint is refused before anything is written) ----
     resumed_from = None
     if resume:
         data.set_rng_state(load_checkpoint(p.last, cfg, parts, state, dist_info.rank))
         resumed_from = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step}
+
+    # ---- run dir (only after every check passed) ----
+    if is_main:
+        p.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if not p.config.exists():
+            atomic_write_yaml(p.config, cfg)
+    barrier()
+    _setup_logging(p.text_log, is_main)
+    if resume:
         log.info("resuming %s from epoch %d step %d (global step %d)", p.root, state.epoch, state.step_in_epoch,
                  state.global_step)
         state.step_in_epoch = min(state.step_in_epoch, steps_per_epoch)  # e.g. max_steps_per_epoch lowered
