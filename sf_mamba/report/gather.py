@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from sf_mamba.utils.io import atomic_write_text
 
-KINDS = ("train", "bench", "flops", "probe", "fold_sweep", "seg", "fc_train")
+KINDS = ("train", "bench", "flops", "probe", "fold_sweep", "seg", "fc_train", "det")
 # first present source wins; names are as the producing commands write them
 ALIASES: dict[str, tuple[str, ...]] = {
     "throughput": ("throughput", "img_per_s", "images_per_s", "imgs_per_sec", "samples_per_sec",
@@ -104,6 +104,8 @@ def gather_entry(entry: dict) -> list[dict]:
         data = _read_json(path)
     except (OSError, ValueError) as err:
         return [{**base, "status": f"unreadable: {err}"}]
+    if isinstance(data, dict) and data.get("skipped"):  # a run the pipeline could not make, and why
+        return [{**base, "status": "skipped", "skip_reason": str(data["skipped"])}]
     meta_path = path.with_name("meta.json")
     meta = {}
     if meta_path.exists() and meta_path != path:
