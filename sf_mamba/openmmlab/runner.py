@@ -74,11 +74,11 @@ class BadInput(CliError):
     """A user error (missing file, bad config key, wrong data layout): exit 2, one line on stderr."""
 
 
-def fail(command: str, err: BaseException) -> int:
-    import sys
+def fail(command: str, err: BaseException):
+    """Bad input: the house error path (sf_mamba.utils.cli) -- one line, exit status 2."""
+    from sf_mamba.utils.cli import fail as cli_fail
 
-    print(f"sf_mamba {command}: error: {err}", file=sys.stderr)
-    return 2
+    cli_fail(str(err))
 
 
 def check_ops(task: Task, command: str) -> None:
