@@ -37,6 +37,8 @@ include: "workflow/rules/fold.smk"
 include: "workflow/rules/aux.smk"
 include: "workflow/rules/future_context.smk"
 include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/detection_runs.smk"
+include: "workflow/rules/detection.smk"
 # a new research question: include its rule file here and register it in common.smk
 include: "workflow/rules/report.smk"
 

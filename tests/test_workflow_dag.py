@@ -15,7 +15,7 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed (pipeline extra)")
 RQ_JOBS = {  # a rule whose jobs only exist for that research question
     "rq1_scan": "render_rq1_scan", "rq2_fold": "fold_sweep", "rq3_aux": "probe",
-    "rq4_sizes": "flops", "rq5_seg": "seg_train",
+    "rq4_sizes": "flops", "rq5_seg": "seg_train", "rq5_det": "det_train",
 }
 
 

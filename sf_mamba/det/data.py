@@ -151,14 +151,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import sys
-
     try:
         m = build(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
                   split_x=args.split_x, force=args.force)
     except (FileExistsError, ValueError) as err:
-        print(f"sf_mamba det-data: error: {err}", file=sys.stderr)
-        return 2
+        from sf_mamba.utils.cli import fail
+
+        fail(str(err))
     s = m["stats"]
     print(f"det-data: {args.out}: {s['train']['images']} train images ({s['train']['instances']} coins) / "
           f"{s['val']['images']} val images ({s['val']['instances']} coins), {m['params']['size']}px, "

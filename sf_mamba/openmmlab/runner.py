@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sf_mamba.openmmlab.compat import DETECTION_OPS  # stdlib-only module
 from sf_mamba.utils.cli import CliError
 from sf_mamba.utils.io import atomic_write_json
 from sf_mamba.utils.provenance import build_meta, canonical_json, config_hash
@@ -48,7 +49,8 @@ DET = Task(name="det",
            metrics=tuple((f"{short}_ap{suffix}", f"coco/{kind}_mAP{suffix}", 100.0)
                          for kind, short in (("bbox", "box"), ("segm", "mask"))
                          for suffix in ("", "_50", "_75", "_s", "_m", "_l")),
-           package="mmdet", data_command="det-data", headline=("box_ap", "mask_ap"))
+           package="mmdet", data_command="det-data", headline=("box_ap", "mask_ap"),
+           required_ops=DETECTION_OPS)
 for _t in (SEG, DET):  # metrics.json keys never clash with the bookkeeping keys
     assert not set(_t.metric_keys) & {"params", "flops", "iter", "kind", "config"}
 METRIC_KEYS = SEG.metric_keys  # backwards-compatible name (segmentation)
@@ -72,11 +74,11 @@ class BadInput(CliError):
     """A user error (missing file, bad config key, wrong data layout): exit 2, one line on stderr."""
 
 
-def fail(command: str, err: BaseException) -> int:
-    import sys
+def fail(command: str, err: BaseException):
+    """Bad input: the house error path (sf_mamba.utils.cli) -- one line, exit status 2."""
+    from sf_mamba.utils.cli import fail as cli_fail
 
-    print(f"sf_mamba {command}: error: {err}", file=sys.stderr)
-    return 2
+    cli_fail(str(err))
 
 
 def check_ops(task: Task, command: str) -> None:
@@ -368,6 +370,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if DIR holds checkpoints")
+    parser.add_argument("--skip-without-ops", action="store_true",
+                        help="(for the workflow) if mmcv's compiled ops are missing, record DIR/metrics.json "
+                             "as skipped with the reason and exit 0 instead of refusing")
+
+
+def write_skipped(work_dir: str | os.PathLike, task: Task, reason: str) -> dict:
+    """A metrics.json that says the run was not made and why (the report shows the reason)."""
+    out = {"kind": "train", "skipped": reason, **{key: None for key in task.metric_keys}}
+    atomic_write_json(Path(work_dir) / "metrics.json", out)
+    return out
 
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
@@ -385,6 +397,13 @@ def run_train(args: argparse.Namespace, task: Task) -> int:
 
     command = f"{task.name}-train"
     started = time.time()
+    if getattr(args, "skip_without_ops", False):
+        try:
+            check_ops(task, command)
+        except BadInput as err:
+            write_skipped(args.work_dir, task, str(err))
+            print(f"{command}: skipped: {err}")
+            return 0
     try:
         cfg = load_config(args, task, command)
         cfg.resume = not args.no_resume

@@ -98,7 +98,10 @@ def gather_entry(entry: dict) -> list[dict]:
     if not path.exists():
         return [{**base, "status": "missing"}]
     try:
-        records, shared = _records(kind, _read_json(path))
+        data = _read_json(path)
+        if isinstance(data, dict) and data.get("skipped"):  # a run the pipeline could not make, and why
+            return [{**base, "status": "skipped", "skip_reason": str(data["skipped"])}]
+        records, shared = _records(kind, data)
     except (OSError, ValueError) as err:
         return [{**base, "status": f"unreadable: {err}"}]
     meta_path = path.with_name("meta.json")

@@ -28,7 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-RQS = ("rq1_scan", "rq2_fold", "rq3_aux", "rq4_sizes", "rq5_seg")
+RQS = ("rq1_scan", "rq2_fold", "rq3_aux", "rq4_sizes", "rq5_seg",
+       "rq5_det")
 MISSING = "missing"
 SIZE_ORDER = ["micro", "t", "t2", "s", "b", "l"]
 TITLES = {
@@ -37,6 +38,7 @@ TITLES = {
     "rq3_aux": "RQ3 - aux tokens: count, initialisation, discard point; information-flow probe",
     "rq4_sizes": "RQ4 - model sizes: SF-Mamba vs MambaVision (scan=uni)",
     "rq5_seg": "RQ5 - semantic segmentation (UperNet)",
+    "rq5_det": "RQ5 - object detection and instance segmentation (COCO box / mask AP)",
 }
 
 
@@ -647,6 +649,44 @@ def render_rq5(runs: pd.DataFrame, out: Path, reference: dict) -> None:
                 notes=["Published mIoU: MambaVision + UperNet on ADE20K (160k iterations, 512², single-scale)."])
 
 
+def _status_text(group: pd.DataFrame) -> str:
+    """'ok', or why not: a skipped run carries its reason (e.g. mmcv-lite: no compiled ops)."""
+    statuses = [str(s) for s in _col(group, "status")]
+    if statuses and all(s == "ok" for s in statuses):
+        return "ok"
+    reasons = sorted({str(r) for r in _col(group, "skip_reason").dropna() if str(r)})
+    if reasons:
+        return "skipped: " + "; ".join(reasons)
+    return ", ".join(sorted(set(statuses))) or MISSING
+
+
+def det_table(runs: pd.DataFrame, reference: dict) -> pd.DataFrame:
+    det = _sel(runs, "rq5_det", "det")
+    ref = {(e["key"], e["metric"]): e["value"] for e in reference.get("entries", [])}
+    rows = []
+    for exp, g in det.groupby("experiment", sort=False) if len(det) else []:
+        ok = _ok(g)
+        key = _first_str(_col(g, "reference"))
+        pub = {m: ref.get((key.replace("sf_mamba", "mambavision"), m)) if key else None
+               for m in ("box_ap", "mask_ap")}
+        rows.append({"model": _first_str(_col(g, "label")) or exp,
+                     "box AP (%)": mean_std(_col(ok, "box_ap")), "mask AP (%)": mean_std(_col(ok, "mask_ap")),
+                     "box AP50 (%)": mean_std(_col(ok, "box_ap_50")),
+                     "mask AP50 (%)": mean_std(_col(ok, "mask_ap_50")),
+                     "MambaVision published box / mask AP": (f"{fmt(pub['box_ap'], 1)} / {fmt(pub['mask_ap'], 1)}"
+                                                            if pub["box_ap"] is not None else "—"),
+                     "seeds": f"{len(ok)}/{len(g)}", "status": _status_text(g)})
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"status": ["not configured"]})
+
+
+def render_rq5_det(runs: pd.DataFrame, out: Path, reference: dict) -> None:
+    write_table(out, [("detection", det_table(runs, reference))], TITLES["rq5_det"], "tab:rq5_det",
+                notes=["AP: COCO mAP@[.5:.95] by pycocotools (mmdet CocoMetric), in percent.",
+                       "Published: MambaVision + Cascade Mask R-CNN on COCO val2017 (3x, multi-scale); "
+                       "the SF-Mamba rows compare with the MambaVision row of the same size.",
+                       "A skipped row names why (detection needs mmcv's compiled ops; mmcv-lite has none)."])
+
+
 # ---------------------------------------------------------------------------------- reproduction
 def reproduced_value(runs: pd.DataFrame, key: str, metric: str) -> tuple[float | None, str, int]:
     """(value, device, n) reproduced for a reference key; value None when nothing was measured."""
@@ -659,7 +699,7 @@ def reproduced_value(runs: pd.DataFrame, key: str, metric: str) -> tuple[float |
             if vals:
                 return vals[0], "", 1
         return None, "", 0
-    kind = {"top1": "train", "throughput": "bench", "miou": "seg"}.get(metric, "train")
+    kind = {"top1": "train", "throughput": "bench", "miou": "seg", "box_ap": "det", "mask_ap": "det"}.get(metric, "train")
     sub = rows[rows["kind"] == kind].drop_duplicates(subset=["path"]) if len(rows) else rows
     vals = [v for v in (_num(x) for x in _col(sub, metric)) if v is not None]
     if not vals:
@@ -719,6 +759,7 @@ RENDERERS = {
     "rq3_aux": lambda runs, out, ref: (render_rq3(runs, out), render_rq3_future_context(runs, out)),
     "rq4_sizes": render_rq4,
     "rq5_seg": render_rq5,
+    "rq5_det": render_rq5_det,
 }
 
 
@@ -732,7 +773,7 @@ def write_index(runs: pd.DataFrame, out: Path) -> None:
               to_markdown(status), "## Contents", ""]
     for rq in RQS:
         lines.append(f"- **{TITLES[rq]}**: [{rq}/table.md]({rq}/table.md)"
-                     + ("" if rq == "rq5_seg" else f", figure in `{rq}/` (PNG and PDF)"))
+                     + ("" if rq in ("rq5_seg", "rq5_det") else f", figure in `{rq}/` (PNG and PDF)"))
     if (out / "rq3_aux" / "verdicts.md").exists():
         lines.append("- **RQ3 verdicts** (future-context task, one line per testable claim): "
                      "[rq3_aux/verdicts.md](rq3_aux/verdicts.md)")

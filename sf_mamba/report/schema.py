@@ -80,6 +80,13 @@ SCHEMAS: dict[str, ResultSchema] = {s.kind: s for s in (
         description="mIoU/mAcc/aAcc (%), params, params_backbone, macs at macs_input_shape "
                     "(sf_mamba.bench.flops), iter/max_iters, all_metrics"),
     ResultSchema(
+        "det", "sf_mamba det-train / det-test (work_dir/metrics.json)", "flat",
+        required=("box_ap", "mask_ap"),
+        columns={"params_m": ("params", 1e-6), "device": _DEVICE_OF_RUN},
+        description="COCO box/mask AP (%) and their _50/_75/_s/_m/_l variants, params, iter/max_iters; "
+                    "a run the pipeline could not make holds skipped: <reason> (gathered as status "
+                    "'skipped')"),
+    ResultSchema(
         "fc_train", "sf_mamba fc-train (run_dir/metrics.json)", "flat",
         required=("overall.miou", "overall.pixel_acc", "params"),
         columns={"params_m": ("params", 1e-6), "device": _DEVICE_OF_RUN},

@@ -145,14 +145,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import sys
-
     try:
         m = build(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
                   texture_scale=args.texture_scale, force=args.force)
     except (FileExistsError, ValueError) as err:
-        print(f"sf_mamba seg-data: error: {err}", file=sys.stderr)
-        return 2
+        from sf_mamba.utils.cli import fail
+
+        fail(str(err))
     s = m["stats"]
     print(f"seg-data: {args.out}: {s['train']['images']} train / {s['val']['images']} val images, "
           f"{m['params']['size']}px, val foreground {100 * s['val']['foreground_fraction']:.1f}%, "

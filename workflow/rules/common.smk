@@ -165,3 +165,6 @@ def seg_entries():
 
 
 research_question("rq5_seg", outputs=["table.md", "table.tex", "table.csv"], entries=seg_entries)
+
+# RQ5, detection: entries and rules in workflow/rules/detection.smk
+research_question("rq5_det", outputs=["table.md", "table.tex", "table.csv"], entries=lambda: det_entries())
