@@ -44,11 +44,11 @@ def interpreter():
 
 
 # (variable B, variable C, groups, z, D + bias + softplus + last state, L): mamba_ssm's flags
+# (kept to three points: the interpreter runs the kernel step by step in Python, ~15-25 s each here)
 SUBSET = [
     (True, True, 1, True, True, 128),
-    (True, True, 2, False, False, 128),
     (False, True, 1, True, True, 128),   # fixed B with input-dependent C
-    (True, False, 2, True, False, 128),  # input-dependent B (2 groups) with fixed C
+    (True, False, 2, False, False, 128),  # input-dependent B (2 groups) with fixed C, bare
 ]
 
 
@@ -67,7 +67,7 @@ def test_triton_on_mamba_grid_matches_the_oracle(flags):
 
 
 def test_triton_reset_every_equals_the_oracle_run_per_segment():
-    inputs = make_scan_inputs(2, 4, 8, 128, groups=2, seed=0)
+    inputs = make_scan_inputs(2, 4, 8, 128, seed=0)
     dout = torch.randn(2, 4, 128, generator=torch.Generator().manual_seed(1))
     ref_out, _, ref_grads = oracle_with_grads(inputs, dout, True, reset_every=32)
     out, _, grads = backend_with_grads("triton", inputs, dout, True, False, reset_every=32)

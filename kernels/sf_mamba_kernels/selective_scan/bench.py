@@ -145,7 +145,8 @@ def predicted_fold_speedup(batch, length, channels, d_state, fold, dtype) -> flo
 
 
 def predicted_time_us(batch, length, channels, d_state, fold, dtype, direction="fwd") -> float | None:
-    """The static model's time in µs on sm_90 (``direction`` 'fwd' or 'bwd'); None without a figure."""
+    """The static model's time in µs on sm_90 (``direction`` 'fwd', 'fwd_save', 'bwd' or 'fwdbwd');
+    None without a figure."""
     return predicted.time_us(batch, length, channels, d_state, fold, lut.dtype_name(dtype), direction)
 
 

@@ -33,7 +33,7 @@ def fold_speedup(batch: int, length: int, channels: int, d_state: int, fold: int
 
 def time_us(batch: int, length: int, channels: int, d_state: int, fold: int, dtype: str,
             direction: str = "fwd") -> float | None:
-    """Predicted kernel time in µs on sm_90 (``direction`` 'fwd' or 'bwd')."""
+    """Predicted kernel time in µs on sm_90 (``direction`` 'fwd', 'fwd_save', 'bwd' or 'fwdbwd')."""
     model = _model()
     if model is None:
         return None
