@@ -187,7 +187,7 @@ class MambaMixer(nn.Module):
         y = selective_scan_fn(
             x.transpose(1, 2), dt.transpose(1, 2), -torch.exp(A_log.float()), B.transpose(1, 2),
             C.transpose(1, 2), D.float(), delta_bias=dt_proj.bias.float(), delta_softplus=True,
-            reset_every=x.shape[1], fold=self.fold, backend=self.backend)
+            reset_every=int(x.shape[1]), fold=self.fold, backend=self.backend)  # int: jit.trace gives a tensor
         if order is not None:
             y = torch.empty_like(y).index_copy_(-1, order, y)
         return y

@@ -211,8 +211,8 @@ def check_reset_every(reset_every, fold: int, batch: int, length: int) -> None:
     whole number of reset periods, or the segments would straddle sequences."""
     if reset_every is None:
         return
-    for rows in {fold, batch % fold} - {0}:
-        if (rows * length) % reset_every:
+    for rows in (fold, batch % fold):  # a tuple, not a set: under torch.export batch is a SymInt
+        if rows and (rows * length) % reset_every:
             raise ValueError(f"reset_every={reset_every} must divide the scanned sequence length "
                              f"{rows * length} ({rows} row(s) of length {length} folded)")
 
