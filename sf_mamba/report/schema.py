@@ -82,7 +82,7 @@ SCHEMAS: dict[str, ResultSchema] = {s.kind: s for s in (
     ResultSchema(
         "det", "sf_mamba det-train / det-test (work_dir/metrics.json)", "flat",
         required=("box_ap", "mask_ap"),
-        columns={"params_m": ("params", 1e-6), "device": _DEVICE_OF_RUN},
+        columns={"params_m": ("params", 1e6), "device": _DEVICE_OF_RUN},
         description="COCO box/mask AP (%) and their _50/_75/_s/_m/_l variants, params, iter/max_iters; "
                     "a run the pipeline could not make holds skipped: <reason> (gathered as status "
                     "'skipped')"),
