@@ -24,9 +24,10 @@ def workflow_copy(tmp_path: Path) -> Path:
     return dst
 
 
-def smk(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def smk(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``snakemake ARGS`` in ``cwd`` (``env`` adds to this process's environment)."""
     return subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def job_counts(output: str) -> dict[str, int]:
