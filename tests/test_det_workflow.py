@@ -4,30 +4,12 @@ and, without mmcv's compiled ops, a row reported as skipped with the reason (a r
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+from workflow_support import ROOT, SNAKEMAKE, smk, workflow_copy
+
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed (pipeline extra)")
-
-
-def workflow_copy(tmp_path: Path) -> Path:
-    dst = tmp_path / "wf"
-    dst.mkdir()
-    shutil.copy(ROOT / "Snakefile", dst)
-    for name in ("workflow", "configs", "profiles"):
-        shutil.copytree(ROOT / name, dst / name)
-    return dst
-
-
-def smk(cwd: Path, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def _jobs(output: str, rule: str) -> list[str]:
@@ -65,7 +47,7 @@ def test_without_compiled_ops_the_row_is_reported_skipped(tmp_path):
     (fake / "mmcv").mkdir(parents=True)
     (fake / "mmcv" / "__init__.py").write_text("__version__ = '2.1.0'\n")
     env = {"PYTHONPATH": os.pathsep.join([str(fake), str(ROOT), str(ROOT / "kernels")])}
-    proc = smk(wf, "-c1", "rq5_det", env=env)
+    proc = smk(wf, "-c1", "rq5_det", env=env, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     table = (wf / "results" / "rq5_det" / "table.md").read_text()

@@ -1,38 +1,15 @@
 """The future-context jobs in the DAG (dry runs): the default subset, the CPU study, bad config."""
 
-import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+from workflow_support import SNAKEMAKE, job_counts as counts, smk, workflow_copy
+
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed (pipeline extra)")
 
 
-def workflow_copy(tmp_path: Path) -> Path:
-    dst = tmp_path / "wf"
-    dst.mkdir()
-    shutil.copy(ROOT / "Snakefile", dst)
-    for name in ("workflow", "configs", "profiles"):
-        shutil.copytree(ROOT / name, dst / name)
-    return dst
-
-
-def dry_run(wf: Path, *args: str) -> tuple[int, str]:
-    proc = subprocess.run([str(SNAKEMAKE), *args, "-n", "--quiet", "rules"], cwd=wf, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def dry_run(wf, *args: str) -> tuple[int, str]:
+    proc = smk(wf, *args, "-n", "--quiet", "rules")
     return proc.returncode, proc.stdout + proc.stderr
-
-
-def counts(output: str) -> dict[str, int]:
-    block = output.split("Job stats:", 1)[-1]
-    return {m.group(1): int(m.group(2)) for m in (re.match(r"^(\S+)\s+(\d+)$", line.strip())
-                                                  for line in block.splitlines()) if m and m.group(1) != "total"}
 
 
 def test_default_dag_has_the_future_context_subset(tmp_path):

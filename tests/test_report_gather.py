@@ -102,6 +102,8 @@ def test_schemas_are_complete():
     for kind, schema in SCHEMAS.items():
         assert schema.kind == kind and schema.layout in LAYOUTS and schema.required and schema.producer
         assert set(schema.columns) <= {"params_m", "macs_g", "throughput", "miou", "device"}
+        divisors = dict(schema.columns.values())
+        assert divisors.get("params", 1e6) == 1e6 and divisors.get("macs", 1e9) == 1e9, (kind, divisors)
 
 
 def test_every_kind_the_workflow_registers_has_a_schema():

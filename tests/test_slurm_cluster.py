@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
-    sacct_job,
-    wait_job_state,
-    wait_until,
-)
+# fixtures (slurm_cluster, slurm_jobs, digits_data) come from the slurm_support plugin (tests/conftest.py)
+from slurm_support import sacct_job, wait_job_state, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(120)]
 

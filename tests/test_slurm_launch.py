@@ -19,16 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
-    REPO,
-    job_ids_since,
-    job_state,
-    max_job_id,
-    sacct_job,
-    sf_mamba_cmd,
-    subprocess_env,
-    wait_until,
-)
+# fixtures (slurm_cluster, slurm_jobs, digits_data) come from the slurm_support plugin (tests/conftest.py)
+from slurm_support import (REPO, job_ids_since, job_state, max_job_id,
+                           sacct_job, sf_mamba_cmd, subprocess_env, wait_until)
 
 submitit = pytest.importorskip("submitit")
 

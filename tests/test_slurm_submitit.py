@@ -13,13 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
-    StepTask,
-    job_environment,
-    sacct_job,
-    slurm_executor,
-    wait_until,
-)
+# fixtures (slurm_cluster, slurm_jobs, digits_data) come from the slurm_support plugin (tests/conftest.py)
+from slurm_support import StepTask, job_environment, sacct_job, slurm_executor, wait_until
 
 submitit = pytest.importorskip("submitit")
 

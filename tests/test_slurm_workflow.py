@@ -24,16 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_support import (  # the fixtures come from the slurm_support plugin (tests/conftest.py)
-    REPO,
-    job_ids_since,
-    job_state,
-    max_job_id,
-    require,
-    sacct_job,
-    subprocess_env,
-    wait_until,
-)
+# fixtures (slurm_cluster, slurm_jobs, digits_data) come from the slurm_support plugin (tests/conftest.py)
+from slurm_support import (REPO, job_ids_since, job_state, max_job_id,
+                           require, sacct_job, subprocess_env, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(480)]
 

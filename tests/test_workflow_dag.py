@@ -1,48 +1,17 @@
 """The Snakemake DAG: lint, validation errors, the paper config's dry run (no jobs executed)."""
 
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+from workflow_support import ROOT, SNAKEMAKE, job_counts, smk, workflow_copy
+
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed (pipeline extra)")
 RQ_JOBS = {  # a rule whose jobs only exist for that research question
     "rq1_scan": "render_rq1_scan", "rq2_fold": "fold_sweep", "rq3_aux": "probe",
     "rq4_sizes": "flops", "rq5_seg": "seg_train", "rq5_det": "det_train",
 }
-
-
-def workflow_copy(tmp_path: Path) -> Path:
-    """The workflow alone (Snakefile, rules, configs, profiles) in a scratch directory."""
-    dst = tmp_path / "wf"
-    dst.mkdir()
-    shutil.copy(ROOT / "Snakefile", dst)
-    for name in ("workflow", "configs", "profiles"):
-        shutil.copytree(ROOT / name, dst / name)
-    return dst
-
-
-def smk(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table."""
-    counts = {}
-    block = output.split("Job stats:", 1)[-1]
-    for line in block.splitlines():
-        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
-        if m and m.group(1) != "total":
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def test_lint_is_clean(tmp_path):
@@ -96,14 +65,26 @@ def test_bad_config_fails_validation_naming_the_key(tmp_path, override, name):
     assert name in out and ("not valid" in out.lower() or "validation" in out.lower()), out
 
 
-def test_bad_experiment_sheet_names_row_and_value(tmp_path):
+def failing_dry_run_with_sheet_edit(tmp_path, old: str, new: str) -> str:
+    """Replace the first `old` in the smoke sheet by `new`; the dry run must fail: its output."""
     wf = workflow_copy(tmp_path)
     sheet = wf / "configs/experiments/smoke.tsv"
-    sheet.write_text(sheet.read_text().replace("\tcross4\tfalse", "\tcross8\tfalse", 1))
+    text = sheet.read_text()
+    assert old in text, f"the smoke sheet no longer holds {old!r}"
+    sheet.write_text(text.replace(old, new, 1))
     proc = smk(wf, "-n")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "cross4_noattn" in out and "cross8" in out, out
+    assert proc.returncode != 0, proc.stdout
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("\tcross4\tfalse", "\tcross8\tfalse", ["cross4_noattn", "cross8"]),
+    # a row tagged with a question nobody registered would never be trained: an error naming it
+    ("swap_attn\trq1_scan,", "swap_attn\trq9_nope,", ["row 'swap_attn': rqs names 'rq9_nope'"]),
+])
+def test_bad_experiment_sheet_names_row_and_value(tmp_path, old, new, message):
+    out = failing_dry_run_with_sheet_edit(tmp_path, old, new)
+    assert all(m in out for m in message), out
 
 
 def test_volatile_values_are_not_params(tmp_path):
@@ -112,17 +93,6 @@ def test_volatile_values_are_not_params(tmp_path):
         text = path.read_text()
         for word in ("git ", "git_", "datetime", "time.time", "utc_now", "getpid"):
             assert word not in text, f"{path.name} mentions {word}"
-
-
-def test_sheet_row_tagged_with_an_unknown_question_is_refused(tmp_path):
-    """A row tagged with a question nobody registered would never be trained: an error naming it."""
-    wf = workflow_copy(tmp_path)
-    sheet = wf / "configs/experiments/smoke.tsv"
-    sheet.write_text(sheet.read_text().replace("\trq1_scan,rq3_aux,rq4_sizes\t", "\trq1_scan,rq9_nope\t", 1))
-    proc = smk(wf, "-n")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "row 'swap_attn': rqs names 'rq9_nope'" in out, out
 
 
 def test_every_registered_question_has_a_target_and_a_renderer(tmp_path):

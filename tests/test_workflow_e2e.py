@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import pytest
 
-from test_workflow_dag import SNAKEMAKE, job_counts, smk, workflow_copy
+from workflow_support import SNAKEMAKE, job_counts, smk, workflow_copy
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow_dag import SNAKEMAKE, workflow_copy
+from workflow_support import SNAKEMAKE, workflow_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "profiles" / "install.py"

@@ -53,11 +53,11 @@ def flatten(obj: Any, prefix: str = "", depth: int = 3) -> dict[str, Any]:
 def canonical_columns(kind: str, row: dict) -> dict:
     """The canonical columns of one row, each from the one source key its kind's schema names."""
     out = {}
-    for canon, (source, scale) in SCHEMAS[kind].columns.items():
+    for canon, (source, divisor) in SCHEMAS[kind].columns.items():
         value = row.get(source)
         if isinstance(value, bool) or value is None:
             continue
-        out[canon] = value * scale if isinstance(value, (int, float)) and scale != 1.0 else value
+        out[canon] = value / divisor if isinstance(value, (int, float)) and divisor != 1.0 else value
     return out
 
 

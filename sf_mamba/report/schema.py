@@ -33,7 +33,7 @@ class ResultSchema:
     producer: str                    # the command that writes it
     layout: str                      # one of LAYOUTS
     required: tuple[str, ...]        # keys of every record (flattened names)
-    columns: dict[str, tuple[str, float]] = field(default_factory=dict)  # canonical -> (source key, scale)
+    columns: dict[str, tuple[str, float]] = field(default_factory=dict)  # canonical -> (source key, divisor)
     description: str = ""
 
 
@@ -43,7 +43,7 @@ SCHEMAS: dict[str, ResultSchema] = {s.kind: s for s in (
     ResultSchema(
         "train", "sf_mamba train (run_dir/metrics.json)", "flat",
         required=("top1", "top5", "loss", "params"),
-        columns={"params_m": ("params", 1e-6), "device": _DEVICE_OF_RUN},
+        columns={"params_m": ("params", 1e6), "device": _DEVICE_OF_RUN},
         description="final validation top-1/top-5 (%) and loss of the raw model (ema_* for the EMA), "
                     "params, epochs, global_steps, best_top1/best_epoch, config_sha256, seed, wall_time_s"),
     ResultSchema(
@@ -53,13 +53,13 @@ SCHEMAS: dict[str, ResultSchema] = {s.kind: s for s in (
     ResultSchema(
         "bench", "sf_mamba bench --out", "results",
         required=("model", "throughput", "batch_size", "device_name"),
-        columns={"throughput": ("throughput", 1.0), "params_m": ("params", 1e-6), "device": ("device_name", 1.0)},
+        columns={"throughput": ("throughput", 1.0), "params_m": ("params", 1e6), "device": ("device_name", 1.0)},
         description="img/s (median of the timed windows; throughput_min/max/all), batch_size, dtype, "
                     "channels_last, warmup, iters, repeats, device_name, params, model_kwargs"),
     ResultSchema(
         "flops", "sf_mamba flops --out", "results",
         required=("model", "params", "macs"),
-        columns={"params_m": ("params", 1e-6), "macs_g": ("macs", 1e-9)},
+        columns={"params_m": ("params", 1e6), "macs_g": ("macs", 1e9)},
         description="params; macs (MambaVision's convention: convolutions and linears); attention_macs, "
                     "scan_flops (selective scan, counted apart), input_size, convention"),
     ResultSchema(
@@ -75,21 +75,21 @@ SCHEMAS: dict[str, ResultSchema] = {s.kind: s for s in (
     ResultSchema(
         "seg", "sf_mamba seg-train / seg-test (work_dir/metrics.json)", "flat",
         required=("mIoU", "mAcc", "aAcc"),
-        columns={"miou": ("mIoU", 1.0), "params_m": ("params", 1e-6), "macs_g": ("macs", 1e-9),
+        columns={"miou": ("mIoU", 1.0), "params_m": ("params", 1e6), "macs_g": ("macs", 1e9),
                  "device": _DEVICE_OF_RUN},
         description="mIoU/mAcc/aAcc (%), params, params_backbone, macs at macs_input_shape "
                     "(sf_mamba.bench.flops), iter/max_iters, all_metrics"),
     ResultSchema(
         "det", "sf_mamba det-train / det-test (work_dir/metrics.json)", "flat",
         required=("box_ap", "mask_ap"),
-        columns={"params_m": ("params", 1e-6), "device": _DEVICE_OF_RUN},
+        columns={"params_m": ("params", 1e6), "device": _DEVICE_OF_RUN},
         description="COCO box/mask AP (%) and their _50/_75/_s/_m/_l variants, params, iter/max_iters; "
                     "a run the pipeline could not make holds skipped: <reason> (gathered as status "
                     "'skipped')"),
     ResultSchema(
         "fc_train", "sf_mamba fc-train (run_dir/metrics.json)", "flat",
         required=("overall.miou", "overall.pixel_acc", "params"),
-        columns={"params_m": ("params", 1e-6), "device": _DEVICE_OF_RUN},
+        columns={"params_m": ("params", 1e6), "device": _DEVICE_OF_RUN},
         description="future-context task: region scores (overall/top/bottom: miou, pixel_acc, ...) after "
                     "training and at init (init.*), params, train.* (epochs, steps, wall_s), probe.*"),
 )}

@@ -35,44 +35,29 @@ class RunDirError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The files of one run directory."""
+    """The files of one run directory (``RunPaths.of(run_dir)``)."""
 
     root: Path
+    config: Path                     # config.yaml: the resolved config, written once
+    metrics: Path                    # metrics.json: written last; the run is complete when it exists
+    meta: Path                       # meta.json: provenance
+    log_csv: Path                    # log.csv: one row per epoch
+    text_log: Path                   # train.log
+    ckpt_dir: Path
+    last: Path                       # checkpoints/last.pth: the resume checkpoint
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def meta(self) -> Path:
-        return self.root / "meta.json"
-
-    @property
-    def log_csv(self) -> Path:
-        return self.root / "log.csv"
-
-    @property
-    def text_log(self) -> Path:
-        return self.root / "train.log"
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.ckpt_dir / CKPT_NAME
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> RunPaths:
+        root = Path(run_dir)
+        return cls(root, root / "config.yaml", root / "metrics.json", root / "meta.json", root / "log.csv",
+                   root / "train.log", root / "checkpoints", root / "checkpoints" / CKPT_NAME)
 
 
 def check_run_dir(cfg: dict, run_dir: str | os.PathLike) -> str:
     """Raise ``RunDirError`` if ``run_dir`` holds a different config; return 'complete'|'resume'|'new'."""
     import yaml
 
-    p = RunPaths(Path(run_dir))
+    p = RunPaths.of(run_dir)
     if p.root.exists() and not p.root.is_dir():
         raise RunDirError(f"run dir {str(run_dir)!r} exists and is not a directory")
     _check_writable(p.root)

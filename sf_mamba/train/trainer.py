@@ -50,7 +50,7 @@ def run_training(config: dict, run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     state = check_run_dir(cfg, run_dir)
     if state == "complete":
-        metrics = json.loads(RunPaths(run_dir).metrics.read_text())
+        metrics = json.loads(RunPaths.of(run_dir).metrics.read_text())
         _setup_logging(None, int(os.environ.get("RANK", "0")) == 0)
         log.info("run %s is complete (metrics.json exists); nothing to do", run_dir)
         return metrics
@@ -60,7 +60,7 @@ def run_training(config: dict, run_dir: str | os.PathLike) -> dict:
     check_model_name(cfg["model"]["name"])
     dist_info = setup_distributed("cuda" if cfg["train"]["device"] != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _train(cfg, RunPaths(run_dir), state == "resume", layout, dist_info)
+        return _train(cfg, RunPaths.of(run_dir), state == "resume", layout, dist_info)
     finally:
         for handler in [h for h in log.handlers if getattr(h, "_sf_file", False)]:
             log.removeHandler(handler)
