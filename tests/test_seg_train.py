@@ -102,6 +102,7 @@ def test_metrics_and_meta_json(resumed_run, tiny_data):
     assert m["metrics_unit"] == "percent" and m["kind"] == "train" and m["config"] == "smoke.py"
     assert m["params"] > m["params_backbone"] > 100_000
     assert m["flops"] > 1_000_000 and m["flops_unit"] == "MACs" and m["flops_input_shape"] == [3, 64, 64]
+    assert m["scan_flops"] > 0 and m["attention_macs"] > 0  # counted beside the MACs, not inside
     assert m["config_sha256"] == meta["config_sha256"] and len(meta["config_sha256"]) == 64
     assert meta["kind"] == "seg-train" and meta["seed"] == 0
     assert set(meta["git"]) >= {"sha", "dirty"} and "slurm" in meta and "restart_count" in meta["slurm"]

@@ -195,22 +195,21 @@ def count_params(model) -> dict:
 
 
 def count_flops(model, input_shape, task: Task | None = None) -> dict:
-    """MACs of one forward (``mode='tensor'``) at ``input_shape`` (C, H, W), by mmengine.analysis.
+    """MACs of one forward (``mode='tensor'``) at ``input_shape`` (C, H, W), by ``sf_mamba flops``'s counter.
 
+    The convention of MambaVision's tables (and of ``sf_mamba flops``): ``flops`` is conv/linear
+    multiply-accumulates, with the attention matmuls (``attention_macs``) and the selective scan
+    (``scan_flops``, in FLOPs) counted analytically and reported beside it, never mixed in.
     Detectors' tensor forward needs image metadata (the RPN decodes boxes within the image), so for
     ``task=DET`` one data sample describing the unpadded input goes along.
-
-    Convention: mmengine's fvcore-style counter reports one multiply-add as one "flop", i.e. MACs --
-    the convention of mmseg's get_flops and of MambaVision's tables; ops it cannot count (the
-    selective scan among them) are skipped and listed.
     """
     import torch
-    from mmengine.analysis import FlopAnalyzer
+
+    from sf_mamba.bench.flops import count_flops as count_model_flops
 
     model = unwrap(model)
     device = next(model.parameters()).device
-    x = torch.zeros((1, *input_shape), device=device)
-    traced = model
+    samples = None
     if task is not None and task.name == "det":
         from mmdet.structures import DetDataSample
 
@@ -218,28 +217,20 @@ def count_flops(model, input_shape, task: Task | None = None) -> dict:
         samples = [DetDataSample(metainfo=dict(img_shape=hw, ori_shape=hw, pad_shape=hw,
                                                batch_input_shape=hw, scale_factor=(1.0, 1.0)))]
 
-        class _WithSamples(torch.nn.Module):  # the JIT tracer takes tensors only
-            def __init__(self, detector):
-                super().__init__()
-                self.detector = detector
+    class _TensorForward(torch.nn.Module):  # the counter calls model(x)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
 
-            def forward(self, inputs):
-                return self.detector(inputs, samples, mode="tensor")
+        def forward(self, inputs):
+            if samples is None:
+                return self.inner(inputs, mode="tensor")
+            return self.inner(inputs, samples, mode="tensor")
 
-        traced = _WithSamples(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analyzer = FlopAnalyzer(traced, inputs=(x,))
-            analyzer.unsupported_ops_warnings(False)
-            analyzer.uncalled_modules_warnings(False)
-            flops = int(analyzer.total())
-            skipped = sorted(analyzer.unsupported_ops())
-    finally:
-        model.train(was_training)
-    return {"flops": flops, "flops_input_shape": list(input_shape), "flops_unit": "MACs",
-            "flops_uncounted_ops": skipped}
+    counted = count_model_flops(_TensorForward(model), tuple(input_shape), device=device)
+    return {"flops": counted["macs"], "flops_input_shape": list(input_shape), "flops_unit": "MACs",
+            "attention_macs": counted["attention_macs"], "scan_flops": counted["scan_flops"],
+            "flops_convention": counted["convention"]}
 
 
 def sf_mamba_extras(cfg) -> dict:
