@@ -74,13 +74,6 @@ class BadInput(CliError):
     """A user error (missing file, bad config key, wrong data layout): exit 2, one line on stderr."""
 
 
-def fail(command: str, err: BaseException):
-    """Bad input: the house error path (sf_mamba.utils.cli) -- one line, exit status 2."""
-    from sf_mamba.utils.cli import fail as cli_fail
-
-    cli_fail(str(err))
-
-
 def check_ops(task: Task, command: str) -> None:
     """Refuse at start when the task's models call compiled mmcv ops this install lacks (mmcv-lite)."""
     from sf_mamba.openmmlab.compat import INSTALL_HINT, missing_compiled_ops
@@ -404,18 +397,16 @@ def run_train(args: argparse.Namespace, task: Task) -> int:
             write_skipped(args.work_dir, task, str(err))
             print(f"{command}: skipped: {err}")
             return 0
-    try:
-        cfg = load_config(args, task, command)
-        cfg.resume = not args.no_resume
-        cfg.load_from = None
-        done = completed(cfg.work_dir, cfg)
-        if done is not None and not args.no_resume:
-            print(f"{command}: {cfg.work_dir} already holds a finished run of this config "
-                  f"({_summary(task, done)}); nothing to do")
-            return 0
-        runner = build_runner(cfg)
-    except BadInput as err:
-        return fail(command, err)
+    # BadInput is the house CliError: the entry point prints it as one line and exits 2
+    cfg = load_config(args, task, command)
+    cfg.resume = not args.no_resume
+    cfg.load_from = None
+    done = completed(cfg.work_dir, cfg)
+    if done is not None and not args.no_resume:
+        print(f"{command}: {cfg.work_dir} already holds a finished run of this config "
+              f"({_summary(task, done)}); nothing to do")
+        return 0
+    runner = build_runner(cfg)
     with mmengine_safe_globals():
         runner.train()
         metrics = runner.test()
@@ -432,15 +423,12 @@ def run_test(args: argparse.Namespace, task: Task) -> int:
 
     command = f"{task.name}-test"
     started = time.time()
-    try:
-        if not os.path.isfile(args.checkpoint):
-            raise BadInput(f"checkpoint {args.checkpoint!r} does not exist")
-        cfg = load_config(args, task, command)
-        cfg.resume = False
-        cfg.load_from = os.path.abspath(args.checkpoint)
-        runner = build_runner(cfg)
-    except BadInput as err:
-        return fail(command, err)
+    if not os.path.isfile(args.checkpoint):
+        raise BadInput(f"checkpoint {args.checkpoint!r} does not exist")
+    cfg = load_config(args, task, command)
+    cfg.resume = False
+    cfg.load_from = os.path.abspath(args.checkpoint)
+    runner = build_runner(cfg)
     with mmengine_safe_globals():
         metrics = runner.test()
     out = write_results(cfg.work_dir, cfg, metrics, runner, kind="test", no_flops=args.no_flops,
