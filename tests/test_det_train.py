@@ -92,7 +92,7 @@ def test_metrics_and_meta_json(resumed_run, tiny_data):
     assert m["all_metrics"]["coco/bbox_mAP_l"] == -1.0 and m["box_ap_l"] is None
     assert m["metrics_unit"] == "percent" and m["kind"] == "train" and m["config"] == "smoke.py"
     assert m["params"] > m["params_backbone"] > 100_000
-    assert m["flops"] > 1_000_000 and m["flops_unit"] == "MACs" and m["flops_input_shape"] == [3, 96, 96]
+    assert m["macs"] > 1_000_000 and m["macs_input_shape"] == [3, 96, 96] and m["scan_flops"] > 0
     assert m["scan_flops"] > 0 and m["attention_macs"] > 0  # counted beside the MACs, not inside
     assert m["config_sha256"] == meta["config_sha256"]
     assert meta["kind"] == "det-train" and meta["versions"]["mmdet"] == "3.3.0"
@@ -108,7 +108,7 @@ def test_det_test_reproduces_the_final_val(resumed_run, tmp_path, tiny_data):
          "--work-dir", str(out), "--data-root", str(tiny_data), "--no-flops")
     m = json.loads((out / "metrics.json").read_text())
     meta = json.loads((out / "meta.json").read_text())
-    assert m["kind"] == "test" and m["flops"] is None and m["iter"] == 6
+    assert m["kind"] == "test" and m["macs"] is None and m["iter"] == 6
     assert meta["kind"] == "det-test" and meta["checkpoint"].endswith("iter_6.pth")
     for key in ("box_ap", "mask_ap", "box_ap_50"):
         assert m[key] == pytest.approx(resumed_run["metrics"][key], abs=1e-6), key

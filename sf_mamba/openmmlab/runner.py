@@ -52,7 +52,7 @@ DET = Task(name="det",
            package="mmdet", data_command="det-data", headline=("box_ap", "mask_ap"),
            required_ops=DETECTION_OPS)
 for _t in (SEG, DET):  # metrics.json keys never clash with the bookkeeping keys
-    assert not set(_t.metric_keys) & {"params", "flops", "iter", "kind", "config"}
+    assert not set(_t.metric_keys) & {"params", "macs", "iter", "kind", "config"}
 METRIC_KEYS = SEG.metric_keys  # backwards-compatible name (segmentation)
 
 
