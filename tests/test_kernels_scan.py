@@ -79,7 +79,7 @@ def assert_matches_mamba_tolerances(ref, got, dtype, inputs):
 
 
 # (batch, channels, N, L, fold, reset_every, options): each case names what it covers. CHUNK is
-# min(8, pow2 <= L, pow2 <= reset_every); the backward works in chunks of min(2, CHUNK) steps.
+# min(8, pow2 <= L, pow2 <= reset_every); the backward works in chunks of min(4, CHUNK) steps.
 CASES = {
     # 3 images of 10 in one stream, CHUNK 8: resets at 10 and 20 fall mid-chunk, 39 - 32 = ragged tail
     "reset_mid_chunk_ragged_tail": (4, 3, 8, 10, 3, 10, {}),
@@ -230,7 +230,7 @@ def test_model_views_are_read_in_place(monkeypatch):
 
 def test_launch_config_keeps_chunks_inside_rows_and_segments():
     cfg = triton_scan.launch_config(198, 8, 160, 198)
-    assert (cfg["CHUNK"], cfg["CKPT"], cfg["BLOCK_D"], cfg["num_warps"], cfg["EVEN_D"]) == (8, 2, 32, 1, True)
+    assert (cfg["CHUNK"], cfg["CKPT"], cfg["BLOCK_D"], cfg["num_warps"], cfg["EVEN_D"]) == (8, 4, 32, 1, True)
     assert triton_scan.launch_config(5, 8, 160, None)["CHUNK"] == 4
     assert triton_scan.launch_config(49, 8, 40, 3)["CHUNK"] == 2
     assert triton_scan.launch_config(49, 16, 6, None)["BLOCK_D"] == 8

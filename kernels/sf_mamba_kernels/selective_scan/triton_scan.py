@@ -45,7 +45,7 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_CHUNK = 8  # forward steps per loop iteration
-MAX_CKPT = 2  # backward steps per loop iteration (= the forward's checkpoint interval)
+MAX_CKPT = 4  # backward steps per loop iteration (= the forward's checkpoint interval)
 
 
 @triton.jit
@@ -61,9 +61,17 @@ def _pick(x, idx, k, axis: tl.constexpr):
 
 
 @triton.jit
-def _softplus(x):
+def _log2(x, FAST: tl.constexpr):
+    if FAST:  # one MUFU.LG2 (rel. error ~2^-22) instead of libdevice's ~15-instruction polynomial
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    return tl.math.log2(x)  # the interpreter has no inline asm
+
+
+@triton.jit
+def _softplus(x, FAST: tl.constexpr):
     # threshold 20 like mamba_ssm / torch; log(1 + e^x) through exp2/log2 (the MUFU ops)
-    return tl.where(x <= 20.0, tl.math.log2(1.0 + tl.exp2(tl.minimum(x, 20.0) * 1.4426950408889634))
+    return tl.where(x <= 20.0, _log2(1.0 + tl.exp2(tl.minimum(x, 20.0) * 1.4426950408889634), FAST)
                     * 0.6931471805599453, x)
 
 
@@ -74,12 +82,10 @@ def _sigmoid(x):
 
 @triton.jit
 def _time_offsets(row, pos, length, s_b, s_l, kk):
-    """Offsets of steps ``kk`` from (row, pos): a chunk crosses at most one row end (CHUNK <= L)."""
-    p = pos + kk
-    wrap = p >= length
-    r = row + wrap.to(tl.int32)
-    p = tl.where(wrap, p - length, p)
-    return r.to(tl.int64) * s_b + p.to(tl.int64) * s_l
+    """Offsets of steps ``kk`` from (row, pos): a chunk crosses at most one row end (CHUNK <= L).
+
+    The index type follows the strides (int32 when the host found every offset < 2^31)."""
+    return row * s_b + pos * s_l + kk * s_l + tl.where(pos + kk >= length, s_b - length * s_l, 0)
 
 
 
@@ -122,11 +128,17 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
                EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
                SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
-               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr):
+               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr):
     kk = tl.arange(0, CHUNK)
     valid_t = (j0 + kk) < total
     m2 = _chunk_mask(valid_t, mask_d, MASKED)
     USE_MASK: tl.constexpr = MASKED or not EVEN_D
+    # B/C first: triton's layout propagation lets the *later* loads (u, delta: one channel per lane)
+    # win conflicts, so the state stays one-channel-per-thread and only the B/C tiles move
+    if not B_FIXED:
+        Bc = _load_bc_tile(B_base, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED)
+    if not C_FIXED:
+        Cc = _load_bc_tile(C_base, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED)
     u = _ld(u_base + _time_offsets(row, pos, length, su_b, su_l, kk)[:, None], m2, USE_MASK)
     u = u.to(tl.float32)  # [CHUNK, BLOCK_D]: one channel column per thread
     dt = _ld(dt_base + _time_offsets(row, pos, length, sdt_b, sdt_l, kk)[:, None], m2, USE_MASK)
@@ -134,41 +146,39 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
     if HAS_DBIAS:
         dt = dt + bias[None, :]
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = _softplus(dt, FAST)
     if MASKED:
         dt = tl.where(valid_t[:, None], dt, 0.0)  # identity steps past the end keep the state
     dtu = dt * u
-    if not B_FIXED:
-        Bc = _load_bc_tile(B_base, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED)
-    if not C_FIXED:
-        Cc = _load_bc_tile(C_base, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED)
-    y = tl.zeros_like(u)
+    kk3 = kk[None, :, None]
+    if B_FIXED:
+        x3 = dtu[None, :, :] * B_fix[:, None, :]
+    else:
+        # [N, CHUNK, BLOCK_D]: the product with the per-channel tile moves B into shared memory once
+        # per chunk (every thread reads all of it); picking step k is then a register read
+        x3 = dtu[None, :, :] * Bc[:, :, None]
+    h_all = tl.zeros_like(x3)
     for k in tl.static_range(CHUNK):
         if SAVE_HS:
             if k % CKPT == 0:  # the state entering step j0 + k, for the backward's recompute
                 ck = (j0 + k) // CKPT
                 tl.store(hs_tile + ck * N, h, mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
         dt_k = _pick(dt, kk[:, None], k, 0)  # [BLOCK_D], a register read
-        dtu_k = _pick(dtu, kk[:, None], k, 0)
-        if B_FIXED:
-            x = dtu_k[None, :] * B_fix
-        else:
-            x = dtu_k[None, :] * _pick(Bc, kk[None, :], k, 1)[:, None]
         if HAS_RESET:
             # a segment starts here: a = 0 and the state is *replaced* (0 * Inf would be NaN)
             a = tl.exp2(dt_k[None, :] * A2 + tl.where(dist == k, float("-inf"), 0.0))
             h = tl.where(dist == k, 0.0, h)
         else:
             a = tl.exp2(dt_k[None, :] * A2)
-        h = a * h + x
-        if C_FIXED:
-            y_k = tl.sum(h * C_fix, 0)
-        else:
-            y_k = tl.sum(h * _pick(Cc, kk[None, :], k, 1)[:, None], 0)
-        y = tl.where(kk[:, None] == k, y_k[None, :], y)
+        h = a * h + _pick(x3, kk3, k, 1)
+        h_all = tl.where(kk3 == k, h[:, None, :], h_all)
         if SAVE_LAST:
             is_last = (pos + k == length - 1) & (j0 + k < total)
             tl.store(last_tile + row.to(tl.int64) * sl_b, h, mask=mask_n[:, None] & mask_d[None, :] & is_last)
+    if C_FIXED:
+        y = tl.sum(h_all * C_fix[:, None, :], 0)
+    else:
+        y = tl.sum(h_all * Cc[:, :, None], 0)  # [CHUNK, BLOCK_D]
     if HAS_D:
         y = y + d_skip[None, :] * u
     if HAS_Z:
@@ -195,8 +205,25 @@ def _scan_fwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr, EVEN_D: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, SAVE_HS: tl.constexpr,
-    SAVE_LAST: tl.constexpr,
+    SAVE_LAST: tl.constexpr, FAST: tl.constexpr, OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
 ):
+    if SAME_TIME_STRIDES:  # u, delta, z, out (and B, C) share (batch, time) strides: one index computation
+        sdt_b = su_b
+        sdt_l = su_l
+        sz_b = su_b
+        sz_l = su_l
+        so_b = su_b
+        so_l = su_l
+        sC_b = sB_b
+        sC_l = sB_l
+    if OFF64:  # some offset may pass 2^31: index math in int64
+        su_b = su_b.to(tl.int64)
+        sdt_b = sdt_b.to(tl.int64)
+        sz_b = sz_b.to(tl.int64)
+        so_b = so_b.to(tl.int64)
+        sB_b = sB_b.to(tl.int64)
+        sC_b = sC_b.to(tl.int64)
+        sl_b = sl_b.to(tl.int64)
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     g = pid_c // n_dblocks
@@ -253,7 +280,7 @@ def _scan_fwd_kernel(
                        u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
-                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST)
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
         pos += CHUNK
         wrap = pos >= length
         pos = tl.where(wrap, pos - length, pos)
@@ -267,7 +294,7 @@ def _scan_fwd_kernel(
                        C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, True, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
-                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST)
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
 
 
 @triton.jit
@@ -279,12 +306,17 @@ def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
                sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr):
+               HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr):
     kk = tl.arange(0, CHUNK)
     kk3 = kk[None, :, None]
     valid_t = (j0 + kk) < total
     m2 = _chunk_mask(valid_t, mask_d, MASKED)
     USE_MASK: tl.constexpr = MASKED or not EVEN_D
+    # B/C loads first, so the per-channel tiles' layout wins (see _fwd_chunk)
+    if not B_FIXED:
+        Bc = _load_bc_tile(B_base, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED)
+    if not C_FIXED:
+        Cc = _load_bc_tile(C_base, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED)
     u = _ld(u_base + _time_offsets(row, pos, length, su_b, su_l, kk)[:, None], m2, USE_MASK)
     u = u.to(tl.float32)
     dt_raw = _ld(dt_base + _time_offsets(row, pos, length, sdt_b, sdt_l, kk)[:, None], m2, USE_MASK)
@@ -293,7 +325,7 @@ def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
         dt_raw = dt_raw + bias[None, :]
     dt = dt_raw
     if SOFTPLUS:
-        dt = _softplus(dt_raw)
+        dt = _softplus(dt_raw, FAST)
     if MASKED:
         dt = tl.where(valid_t[:, None], dt, 0.0)
     dtu = dt * u
@@ -305,98 +337,81 @@ def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
         zt = zt.to(tl.float32)
         sig = _sigmoid(zt)
         dy = dout * zt * sig
-    if not B_FIXED:
-        Bc = _load_bc_tile(B_base, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED)
-    if not C_FIXED:
-        Cc = _load_bc_tile(C_base, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED)
 
-    # 1) recompute the chunk from its checkpoint; keep a_t and a_t * h_{t-1} for the adjoint sweep
+    # Chunk-wide [N, CHUNK, BLOCK_D] tiles: products with a per-channel tile move B and C into shared
+    # memory once per chunk, and only the two recurrences below run step by step (register picks).
+    dt3 = dt[None, :, :]
+    if HAS_RESET:  # a = exp2(-inf) = 0 where a segment starts
+        a3 = tl.exp2(dt3 * A2[:, None, :] + tl.where(kk3 == dist, float("-inf"), 0.0))
+    else:
+        a3 = tl.exp2(dt3 * A2[:, None, :])  # the chunk's decays: computed once, used by both sweeps
+    if B_FIXED:
+        x3 = dtu[None, :, :] * B_fix[:, None, :]
+    else:
+        x3 = dtu[None, :, :] * Bc[:, :, None]
+    if C_FIXED:
+        g3 = dy[None, :, :] * C_fix[:, None, :]
+    else:
+        g3 = dy[None, :, :] * Cc[:, :, None]
+
+    # 1) recompute the states from the checkpoint
     h = tl.load(hs_tile + (j0 // CHUNK) * N, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-    a_all = tl.zeros([N, CHUNK, h.shape[1]], dtype=tl.float32)
-    ah_all = tl.zeros([N, CHUNK, h.shape[1]], dtype=tl.float32)
-    dC_all = tl.zeros([N, CHUNK, h.shape[1]], dtype=tl.float32)
-    y_pre = tl.zeros_like(u)
+    h_all = tl.zeros_like(a3)
     for k in tl.static_range(CHUNK):
-        dt_k = _pick(dt, kk[:, None], k, 0)
-        dtu_k = _pick(dtu, kk[:, None], k, 0)
-        dy_k = _pick(dy, kk[:, None], k, 0)
-        if B_FIXED:
-            x = dtu_k[None, :] * B_fix
-        else:
-            x = dtu_k[None, :] * _pick(Bc, kk[None, :], k, 1)[:, None]
-        if HAS_RESET:
-            a = tl.exp2(dt_k[None, :] * A2 + tl.where(dist == k, float("-inf"), 0.0))
+        if HAS_RESET:  # the reset replaces the state (0 * Inf would be NaN)
             h = tl.where(dist == k, 0.0, h)
+        h = _pick(a3, kk3, k, 1) * h + _pick(x3, kk3, k, 1)
+        h_all = tl.where(kk3 == k, h[:, None, :], h_all)
+    ah3 = h_all - x3  # a_t h_{t-1}: no division, exactly 0 at a reset
+
+    # 2) adjoint sweep, latest step first: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
+    dh = carry
+    dh_all = tl.zeros_like(a3)
+    for kr in tl.static_range(CHUNK):
+        k = CHUNK - 1 - kr
+        if k < CHUNK - 1:
+            flow = _pick(a3, kk3, k + 1, 1) * dh
+            if HAS_RESET:  # step k + 1 starts a segment: nothing flows back across it
+                flow = tl.where(dist == k + 1, 0.0, flow)
+            dh = flow + _pick(g3, kk3, k, 1)
         else:
-            a = tl.exp2(dt_k[None, :] * A2)
-        ah = a * h
-        h = ah + x
-        a_all = tl.where(kk3 == k, a[:, None, :], a_all)
-        ah_all = tl.where(kk3 == k, ah[:, None, :], ah_all)
-        if C_FIXED:
-            dCf_acc += h * dy_k[None, :]
-            if HAS_Z:
-                y_pre = tl.where(kk[:, None] == k, tl.sum(h * C_fix, 0)[None, :], y_pre)
-        else:
-            dC_all = tl.where(kk3 == k, (h * dy_k[None, :])[:, None, :], dC_all)
-            if HAS_Z:
-                y_pre = tl.where(kk[:, None] == k, tl.sum(h * _pick(Cc, kk[None, :], k, 1)[:, None], 0)[None, :],
-                                 y_pre)
+            dh = dh + _pick(g3, kk3, k, 1)
+        dh_all = tl.where(kk3 == k, dh[:, None, :], dh_all)
+    carry = _pick(a3, kk3, 0, 1) * dh
+    if HAS_RESET:
+        carry = tl.where(dist == 0, 0.0, carry)
+
+    # 3) local gradients, chunk-wide
+    dhah = dh_all * ah3
+    dA_acc += tl.sum(dhah * dt3, 1)
+    s_A = tl.sum(dhah * A_nat[:, None, :], 0)  # [CHUNK, BLOCK_D]
+    if B_FIXED:
+        s_B = tl.sum(dh_all * B_fix[:, None, :], 0)
+        dBf_acc += tl.sum(dh_all * dtu[None, :, :], 1)
+    else:
+        s_B = tl.sum(dh_all * Bc[:, :, None], 0)
     t_dB = _time_offsets(row, pos, length, sdB_b, sdB_l, kk)
-    if not C_FIXED:  # sum over this program's channels, then one relaxed atomic per (state, token)
-        tl.atomic_add(dC_base + t_dB[None, :], tl.sum(dC_all, 2), mask=mask_n[:, None] & valid_t[None, :],
-                      sem="relaxed")
+    if not B_FIXED:  # sum over this program's channels, then one relaxed atomic per (state, token)
+        tl.atomic_add(dB_base + t_dB[None, :], tl.sum(dh_all * dtu[None, :, :], 2),
+                      mask=mask_n[:, None] & valid_t[None, :], sem="relaxed")
+    if C_FIXED:
+        dCf_acc += tl.sum(h_all * dy[None, :, :], 1)
+    else:
+        tl.atomic_add(dC_base + t_dB[None, :], tl.sum(h_all * dy[None, :, :], 2),
+                      mask=mask_n[:, None] & valid_t[None, :], sem="relaxed")
     if HAS_Z:
+        if C_FIXED:
+            y_pre = tl.sum(h_all * C_fix[:, None, :], 0)
+        else:
+            y_pre = tl.sum(h_all * Cc[:, :, None], 0)
         if HAS_D:
             y_pre = y_pre + d_skip[None, :] * u
         dz = dout * y_pre * sig * (1.0 + zt * (1.0 - sig))
         _st(dz_base + _time_offsets(row, pos, length, sdz_b, sdz_l, kk)[:, None], dz, m2, USE_MASK)
-
-    # 2) adjoint sweep, latest step first: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
-    dh = carry
-    dB_all = tl.zeros([N, CHUNK, h.shape[1]], dtype=tl.float32)
-    du = tl.zeros_like(u)
-    ddt = tl.zeros_like(u)
-    for kr in tl.static_range(CHUNK):
-        k = CHUNK - 1 - kr
-        dt_k = _pick(dt, kk[:, None], k, 0)
-        dtu_k = _pick(dtu, kk[:, None], k, 0)
-        dy_k = _pick(dy, kk[:, None], k, 0)
-        u_k = _pick(u, kk[:, None], k, 0)
-        if C_FIXED:
-            g_k = C_fix * dy_k[None, :]
-        else:
-            g_k = _pick(Cc, kk[None, :], k, 1)[:, None] * dy_k[None, :]
-        if B_FIXED:
-            B_k = B_fix
-        else:
-            B_k = _pick(Bc, kk[None, :], k, 1)[:, None]
-        if k < CHUNK - 1:
-            flow = _pick(a_all, kk3, k + 1, 1) * dh
-            if HAS_RESET:  # step k + 1 starts a segment: nothing flows back across it
-                flow = tl.where(dist == k + 1, 0.0, flow)
-            dh = flow + g_k
-        else:
-            dh = dh + g_k
-        dhah = dh * _pick(ah_all, kk3, k, 1)
-        s_B = tl.sum(dh * B_k, 0)
-        s_A = tl.sum(dhah * A_nat, 0)
-        dA_acc += dhah * dt_k[None, :]
-        if B_FIXED:
-            dBf_acc += dh * dtu_k[None, :]
-        else:
-            dB_all = tl.where(kk3 == k, (dh * dtu_k[None, :])[:, None, :], dB_all)
-        du_k = dt_k * s_B
-        if HAS_D:
-            du_k += d_skip * dy_k
-        du = tl.where(kk[:, None] == k, du_k[None, :], du)
-        ddt = tl.where(kk[:, None] == k, (u_k * s_B + s_A)[None, :], ddt)
-    carry = _pick(a_all, kk3, 0, 1) * dh
-    if HAS_RESET:
-        carry = tl.where(dist == 0, 0.0, carry)
-    if not B_FIXED:
-        tl.atomic_add(dB_base + t_dB[None, :], tl.sum(dB_all, 2), mask=mask_n[:, None] & valid_t[None, :],
-                      sem="relaxed")
+    du = dt * s_B
+    if HAS_D:
+        du += d_skip[None, :] * dy
+    ddt = u * s_B + s_A
     if SOFTPLUS:
         ddt = ddt * tl.where(dt_raw <= 20.0, _sigmoid(dt_raw), 1.0)
     if MASKED:
@@ -425,10 +440,37 @@ def _scan_bwd_kernel(
     sA_d, sA_n, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g, sdB_n, sdB_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
+    HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr,
+    OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
 ):
     # dB/dC (variable): fp32 (batch, G, N, L) buffers with strides sdB_*; the *_part outputs are
     # (fold groups, channels[, N]) fp32, summed over fold groups on the host.
+    if SAME_TIME_STRIDES:  # the (batch, time) tensors share strides: one index computation
+        sdt_b = su_b
+        sdt_l = su_l
+        sz_b = su_b
+        sz_l = su_l
+        sdo_b = su_b
+        sdo_l = su_l
+        sdu_b = su_b
+        sdu_l = su_l
+        sddt_b = su_b
+        sddt_l = su_l
+        sdz_b = su_b
+        sdz_l = su_l
+        sC_b = sB_b
+        sC_l = sB_l
+    if OFF64:  # some offset may pass 2^31: index math in int64
+        su_b = su_b.to(tl.int64)
+        sdt_b = sdt_b.to(tl.int64)
+        sz_b = sz_b.to(tl.int64)
+        sdo_b = sdo_b.to(tl.int64)
+        sdu_b = sdu_b.to(tl.int64)
+        sddt_b = sddt_b.to(tl.int64)
+        sdz_b = sdz_b.to(tl.int64)
+        sB_b = sB_b.to(tl.int64)
+        sC_b = sC_b.to(tl.int64)
+        sdB_b = sdB_b.to(tl.int64)
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     g = pid_c // n_dblocks
@@ -498,7 +540,7 @@ def _scan_bwd_kernel(
             u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
             hs_tile, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
             sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
-            N, True, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED)
+            N, True, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
     for i in range(n_full):
         j0 -= CHUNK
         pos -= CHUNK
@@ -515,7 +557,7 @@ def _scan_bwd_kernel(
             u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
             hs_tile, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
             sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
-            N, False, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED)
+            N, False, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
 
     part_nd = ((pid_r * n_channels + chan) * N)[None, :] + offs_n[:, None]
     tl.store(dA_part + part_nd, dA_acc, mask=mask_nd)
@@ -548,6 +590,20 @@ def launch_config(length: int, n_state: int, channels_per_group: int, reset_ever
     block_d = 32 if channels_per_group >= 32 else triton.next_power_of_2(channels_per_group)
     return dict(N=triton.next_power_of_2(n_state), BLOCK_D=block_d, CHUNK=chunk, CKPT=min(MAX_CKPT, chunk),
                 num_warps=1, EVEN_D=channels_per_group % block_d == 0)
+
+
+def _offsets_fit_int32(*tensors) -> bool:
+    """True if every element offset of every tensor fits in int32 (the kernels' fast index math)."""
+    return all(sum(abs(st) * (n - 1) for st, n in zip(t.stride(), t.shape) if n) < 2**31 - 1
+               for t in tensors if t is not None and t.numel())
+
+
+def _same_time_strides(per_channel, bc) -> bool:
+    """The (batch, time) strides agree across the (batch, channels, L) tensors and across B and C."""
+    first = per_channel[0]
+    ok = all((t.stride(0), t.stride(2)) == (first.stride(0), first.stride(2)) for t in per_channel)
+    variable = [x for x in bc if x.dim() > 2]
+    return ok and len(variable) == 2 and _bc_strides(variable[0])[::3] == _bc_strides(variable[1])[::3]
 
 
 def _empty_like_layout(x: torch.Tensor, dtype) -> torch.Tensor:
@@ -603,6 +659,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_RESET=reset_every is not None,
                 B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2, SAVE_HS=save, SAVE_LAST=bool(return_last_state),
+                FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
+                SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
                 num_warps=cfg["num_warps"],
             )
         if save:
@@ -653,6 +711,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 N=cfg["N"], BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CKPT"], EVEN_D=cfg["EVEN_D"],
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=softplus,
                 HAS_RESET=reset_every is not None, B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2,
+                FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, dout, du, ddelta, dzz, B, C, dBC),
+                SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, dout, du, ddelta, dzz], [B, C]),
                 num_warps=cfg["num_warps"],
             )
         else:
