@@ -290,6 +290,31 @@ def all_configs():
                     yield stage, dtype_name, fold, kernel
 
 
+def _compile_representative(job) -> str:
+    """Worker: compile one (arch, stage, dtype, fold, kernel) config into the cache."""
+    arch, stage, dtype_name, fold, kernel, use_cache = job
+    compile_and_measure(capture_config(stage, dtype_name, fold, kernel), arch, use_cache=use_cache)
+    return f"sm_{arch} {kernel} {dtype_name} fold {fold}"
+
+
+def warm_cache(archs, jobs: int, *, use_cache: bool = True, log=None) -> None:
+    """Compile each distinct kernel once, ``jobs`` processes at a time (fold 2..8 and the two stages
+    share one compiled kernel: shape ints are runtime values; fold 1 has no reset)."""
+    import multiprocessing
+
+    todo = [(arch, 3, dtype_name, fold, kernel, use_cache)
+            for arch in archs for dtype_name in DTYPES for fold in (1, 2) for kernel in KERNELS]
+    env_before = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            for done in pool.imap_unordered(_compile_representative, todo):
+                if log:
+                    log(f"compiled {done}")
+    finally:
+        if env_before is not None:
+            os.environ["TRITON_INTERPRET"] = env_before
+
+
 def build_rows(arch: int, *, use_cache: bool = True, log=None) -> list[dict]:
     rows = []
     for stage, dtype_name, fold, kernel in all_configs():
@@ -332,6 +357,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default="results/kernels", help="where aot_sm<arch>.json go")
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--no-cache", action="store_true", help="recompile even if cached")
+    parser.add_argument("--jobs", type=int, default=1, help="compile processes (distinct kernels in parallel)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -341,7 +367,13 @@ def main(argv=None) -> int:
         return 2
     if not triton.__version__.startswith(TRITON_MINOR):
         print(f"warning: written for triton {TRITON_MINOR}.x, found {triton.__version__}", file=sys.stderr)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("error: unset TRITON_INTERPRET: the AOT tool compiles, it does not interpret", file=sys.stderr)
+        return 2
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
+    if args.jobs > 1:
+        warm_cache(args.arch, args.jobs, use_cache=not args.no_cache, log=log)
+        args.no_cache = False  # the rows below now read what the workers compiled
     for arch in args.arch:
         rows = build_rows(arch, use_cache=not args.no_cache, log=log)
         write_json(Path(args.out_dir) / f"aot_sm{arch}.json", rows)

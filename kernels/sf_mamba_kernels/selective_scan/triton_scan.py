@@ -45,6 +45,7 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_CHUNK = 8  # forward steps per loop iteration
+FWD_MAX_REGS = 168  # 12 resident warps per SM (65,536 registers, 256-register granules per warp)
 MAX_CKPT = 4  # backward steps per loop iteration (= the forward's checkpoint interval)
 
 
@@ -123,7 +124,7 @@ def _st(ptrs, value, mask, USE_MASK: tl.constexpr):
 
 @triton.jit
 def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, last_tile,
+               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, last_tile,
                su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
                EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
@@ -162,7 +163,7 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
         if SAVE_HS:
             if k % CKPT == 0:  # the state entering step j0 + k, for the backward's recompute
                 ck = (j0 + k) // CKPT
-                tl.store(hs_tile + ck * N, h, mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
+                tl.store(hs_tile + ck * hs_step, h, mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
         dt_k = _pick(dt, kk[:, None], k, 0)  # [BLOCK_D], a register read
         if HAS_RESET:
             # a segment starts here: a = 0 and the state is *replaced* (0 * Inf would be NaN)
@@ -260,8 +261,8 @@ def _scan_fwd_kernel(
                         mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     else:
         C_base = (C_ptr + g.to(tl.int64) * sC_g + offs_n.to(tl.int64) * sC_n)[:, None]
-    if SAVE_HS:  # hs: (fold groups, channels, n_ckpt, N) fp32
-        hs_tile = hs_ptr + ((pid_r * n_channels + chan) * n_ckpt * N)[None, :] + offs_n[:, None]
+    if SAVE_HS:  # hs: (fold groups, n_ckpt, N, channels) fp32: channels on lanes, coalesced
+        hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :] + (offs_n * n_channels)[:, None]
     if SAVE_LAST:  # last: (batch, channels, N) fp32
         last_tile = last_ptr + (chan * sl_d)[None, :] + offs_n[:, None]
     u_base = (u_ptr + chan * su_d)[None, :]
@@ -277,7 +278,7 @@ def _scan_fwd_kernel(
     for i in range(n_full):
         dist = tl.where(phase == 0, 0, reset_every - phase)  # steps until the next segment start
         h = _fwd_chunk(h, i * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, last_tile,
+                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
                        B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
@@ -291,7 +292,7 @@ def _scan_fwd_kernel(
     if n_full * CHUNK < total:
         dist = tl.where(phase == 0, 0, reset_every - phase)
         h = _fwd_chunk(h, n_full * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix,
-                       C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, last_tile,
+                       C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, True, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
                        B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
@@ -301,7 +302,7 @@ def _scan_fwd_kernel(
 def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
                j0, row, pos, dist, total, length, mask_d, mask_n, A_nat, A2, d_skip, bias, B_fix, C_fix,
                u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
-               hs_tile,
+               hs_tile, hs_step,
                su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
                sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
@@ -355,7 +356,7 @@ def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
         g3 = dy[None, :, :] * Cc[:, :, None]
 
     # 1) recompute the states from the checkpoint
-    h = tl.load(hs_tile + (j0 // CHUNK) * N, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    h = tl.load(hs_tile + (j0 // CHUNK) * hs_step, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
     h_all = tl.zeros_like(a3)
     for k in tl.static_range(CHUNK):
         if HAS_RESET:  # the reset replaces the state (0 * Inf would be NaN)
@@ -508,7 +509,7 @@ def _scan_bwd_kernel(
     else:
         C_base = (C_ptr + g.to(tl.int64) * sC_g + offs_n.to(tl.int64) * sC_n)[:, None]
         dC_base = (dC_ptr + dB_off)[:, None]
-    hs_tile = hs_ptr + ((pid_r * n_channels + chan) * n_ckpt * N)[None, :] + offs_n[:, None]
+    hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :] + (offs_n * n_channels)[:, None]
     u_base = (u_ptr + chan * su_d)[None, :]
     dt_base = (dt_ptr + chan * sdt_d)[None, :]
     z_base = (z_ptr + chan * sz_d)[None, :]
@@ -538,7 +539,7 @@ def _scan_bwd_kernel(
             carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
             j0, row, pos, dist, total, length, mask_d, mask_n, A_nat, A2, d_skip, bias, B_fix, C_fix,
             u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
-            hs_tile, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
+            hs_tile, N * n_channels, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
             sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
             N, True, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
     for i in range(n_full):
@@ -555,7 +556,7 @@ def _scan_bwd_kernel(
             carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
             j0, row, pos, dist, total, length, mask_d, mask_n, A_nat, A2, d_skip, bias, B_fix, C_fix,
             u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
-            hs_tile, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
+            hs_tile, N * n_channels, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
             sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
             N, False, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
 
@@ -643,7 +644,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         save = any(ctx.needs_input_grad[:8])
         n_ckpt = triton.cdiv(k * length, cfg["CKPT"])
         out = _empty_like_layout(u, u.dtype)
-        hs = torch.empty(n_rg, channels, n_ckpt, cfg["N"], device=u.device, dtype=torch.float32) if save else out
+        hs = torch.empty(n_rg, n_ckpt, cfg["N"], channels, device=u.device, dtype=torch.float32) if save else out
         last = torch.zeros(batch, channels, n_state, device=u.device, dtype=torch.float32) if return_last_state else out
         dummy = A
         zz = z if z is not None else u
@@ -661,7 +662,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2, SAVE_HS=save, SAVE_LAST=bool(return_last_state),
                 FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
-                num_warps=cfg["num_warps"],
+                num_warps=cfg["num_warps"], maxnreg=FWD_MAX_REGS,
             )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hs)
