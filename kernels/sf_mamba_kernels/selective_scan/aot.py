@@ -298,12 +298,12 @@ def _compile_representative(job) -> str:
 
 
 def warm_cache(archs, jobs: int, *, use_cache: bool = True, log=None) -> None:
-    """Compile each distinct kernel once, ``jobs`` processes at a time (fold 2..8 and the two stages
-    share one compiled kernel: shape ints are runtime values; fold 1 has no reset)."""
+    """Compile each distinct kernel once, ``jobs`` processes at a time (folds 2..8 share one compiled
+    kernel: shape ints are runtime values; fold 1 has no reset; the stages differ in B/C alignment)."""
     import multiprocessing
 
-    todo = [(arch, 3, dtype_name, fold, kernel, use_cache)
-            for arch in archs for dtype_name in DTYPES for fold in (1, 2) for kernel in KERNELS]
+    todo = [(arch, stage, dtype_name, fold, kernel, use_cache) for arch in archs for stage in STAGES
+            for dtype_name in DTYPES for fold in (1, 2) for kernel in KERNELS]
     env_before = os.environ.pop("TRITON_INTERPRET", None)
     try:
         with multiprocessing.get_context("spawn").Pool(jobs) as pool:
@@ -352,6 +352,21 @@ def write_json(path: Path, payload) -> None:
     tmp.replace(path)
 
 
+def markdown_table(rows: list[dict], dtype: str = "bfloat16", folds=(1, 2, 4, 8)) -> str:
+    """The docs table: one line per (kernel, stage, fold) for one dtype."""
+    lines = ["| arch | kernel | stage | fold | regs | spill B | warps/SM | SASS/elem | MUFU/SHFL/BAR in loop "
+             "| static µs (bound) | floor µs | static / floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["dtype"] != dtype or r["fold"] not in folds:
+            continue
+        lines.append(f"| {r['arch']} | {r['kernel']} | {r['stage']} | {r['fold']} | {r['regs']} | {r['spill_bytes']} "
+                     f"| {r['warps_per_sm']} | {r['sass_per_element']:.1f} | {r['loop_mufu']}/{r['loop_shfl']}/"
+                     f"{r['loop_bar']} | {r['estimate_us']:.1f} ({r['bound']}) | {r['floor_us']:.1f} "
+                     f"| {r['static_fraction_of_floor']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sf_mamba_kernels.selective_scan.aot", description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", default="results/kernels", help="where aot_sm<arch>.json go")
@@ -359,6 +374,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="recompile even if cached")
     parser.add_argument("--jobs", type=int, default=1, help="compile processes (distinct kernels in parallel)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print the bf16 markdown table of each arch")
     args = parser.parse_args(argv)
     try:
         import triton
@@ -377,6 +393,8 @@ def main(argv=None) -> int:
     for arch in args.arch:
         rows = build_rows(arch, use_cache=not args.no_cache, log=log)
         write_json(Path(args.out_dir) / f"aot_sm{arch}.json", rows)
+        if args.table:
+            print(markdown_table(rows))
     return 0
 
 
