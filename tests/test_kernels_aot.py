@@ -64,6 +64,7 @@ def test_forward_budget_and_occupancy(rows):
 
 
 def test_training_forward_budget(rows):
+    """The forward that saves checkpoints for the backward (no register cap: it would spill)."""
     for row in rows[90]:
         if row["kernel"] == "fwd_save":
             assert row["sass_per_element"] <= FWD_BUDGET, (_label(row), row["sass_per_element"])

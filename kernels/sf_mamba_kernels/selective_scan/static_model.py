@@ -51,13 +51,14 @@ def _rows(arch: str) -> tuple:
     return tuple(json.loads(path.read_text()))
 
 
-def kernel_figures(kernel: str, dtype, fold: int, arch: str = "sm_90") -> dict:
-    """The committed compile figures of one kernel variant (fold 1 has no reset, fold > 1 has one)."""
+def kernel_figures(kernel: str, dtype, fold: int, arch: str = "sm_90", length: int | None = None) -> dict:
+    """The committed compile figures of one kernel variant (fold 1 has no reset, fold > 1 has one),
+    from the compiled stage whose length is nearest ``length``."""
     name = _dtype_name(dtype)
-    for row in _rows(arch):
-        if row["kernel"] == kernel and row["dtype"] == name and (row["fold"] > 1) == (fold > 1):
-            return row
-    raise KeyError(f"no {kernel} figures for {name} in aot_{arch}.json")
+    rows = [r for r in _rows(arch) if r["kernel"] == kernel and r["dtype"] == name and (r["fold"] > 1) == (fold > 1)]
+    if not rows:
+        raise KeyError(f"no {kernel} figures for {name} in aot_{arch}.json")
+    return min(rows, key=lambda r: abs(math.log(r["length"] / length)) if length else 0.0)
 
 
 def moved_bytes(kernel: str, batch: int, length: int, channels: int, d_state: int, dtype, ckpt: int) -> tuple:
@@ -115,7 +116,7 @@ def predict_time_us(batch: int, length: int, channels: int, d_state: int, fold: 
         raise ValueError(f"direction must be fwd, fwd_save, bwd or fwdbwd, got {direction!r}")
     if min(batch, length, channels, d_state, fold) < 1:
         raise ValueError("batch, length, channels, d_state and fold must be >= 1")
-    fig = kernel_figures(direction, dtype, fold, arch)
+    fig = kernel_figures(direction, dtype, fold, arch, length)
     return estimate(fig, direction, batch, length, channels, d_state, fold, dtype)["estimate_us"]
 
 

@@ -158,6 +158,12 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
         # [N, CHUNK, BLOCK_D]: the product with the per-channel tile moves B into shared memory once
         # per chunk (every thread reads all of it); picking step k is then a register read
         x3 = dtu[None, :, :] * Bc[:, :, None]
+    # C in the same layout: `where(always true, C, x3)` folds away after lowering, but makes the
+    # compiler move C like B (one shared-memory pass per chunk), so y is a plain FMA chain below
+    if C_FIXED:
+        C3 = tl.where(kk3 >= 0, C_fix[:, None, :], x3)
+    else:
+        C3 = tl.where(kk3 >= 0, Cc[:, :, None], x3)
     h_all = tl.zeros_like(x3)
     for k in tl.static_range(CHUNK):
         if SAVE_HS:
@@ -176,12 +182,13 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
         if SAVE_LAST:
             is_last = (pos + k == length - 1) & (j0 + k < total)
             tl.store(last_tile + row.to(tl.int64) * sl_b, h, mask=mask_n[:, None] & mask_d[None, :] & is_last)
-    if C_FIXED:
-        y = tl.sum(h_all * C_fix[:, None, :], 0)
-    else:
-        y = tl.sum(h_all * Cc[:, :, None], 0)  # [CHUNK, BLOCK_D]
     if HAS_D:
-        y = y + d_skip[None, :] * u
+        y = d_skip[None, :] * u
+    else:
+        y = tl.zeros_like(u)
+    nn3 = tl.arange(0, N)[:, None, None]
+    for n in tl.static_range(N):  # y = D u + sum_n C h, one FMA chain per (channel, step)
+        y = tl.fma(_pick(h_all, nn3, n, 0), _pick(C3, nn3, n, 0), y)  # [CHUNK, BLOCK_D]
     if HAS_Z:
         zt = _ld(z_base + _time_offsets(row, pos, length, sz_b, sz_l, kk)[:, None], m2, USE_MASK)
         zt = zt.to(tl.float32)
@@ -662,7 +669,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2, SAVE_HS=save, SAVE_LAST=bool(return_last_state),
                 FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
-                num_warps=cfg["num_warps"], maxnreg=FWD_MAX_REGS,
+                num_warps=cfg["num_warps"], maxnreg=None if save else FWD_MAX_REGS,  # the cap spills with checkpoints
             )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hs)
