@@ -1,581 +1,758 @@
-"""Triton segmented selective scan (Mamba-1) with periodic state reset and *logical* batch folding.
+"""Triton selective scan (Mamba-1) with periodic state reset and *logical* batch folding.
 
-Math (same as :mod:`.reference`; see docs/kernels.md)::
+Math (the same as :mod:`.reference`)::
 
     delta' = softplus(delta + delta_bias)                 (both optional)
-    a_t    = exp(delta'_t * A)   but a_t := 0 where t % reset_every == 0 (segmented scan)
-    h_t    = a_t * h_{t-1} + delta'_t * B_t * u_t          (fp32 state, every input dtype)
-    out_t  = (<C_t, h_t> + D * u_t) * silu(z_t)            (D, z optional)
+    h_t    = a_t * h_{t-1} + delta'_t * B_t * u_t,  a_t = exp(delta'_t * A)   (fp32 state)
+    h_t    = delta'_t * B_t * u_t    where t % reset_every == 0              (the reset *replaces* h)
+    out_t  = (<C_t, h_t> + D * u_t) * silu(z_t)                              (D, z optional)
 
-Logical fold: with ``fold=k`` program ``(p, d)`` scans batch rows ``[p*k, min((p+1)*k, batch))`` of
-channel ``d`` as one stream of ``n_rows * L`` tokens. Token ``j`` of that stream is row
-``p*k + j // L``, position ``j % L`` of the *unfolded* tensors, so folding is pure index arithmetic:
-no copies, and the conv before the scan can run unfolded.
+Design (docs/kernels.md, "Triton kernel design"): sequential in time, one thread per channel.
 
-Kernels (one program per (row group, channel), time tiles of ``BLOCK_T`` tokens, all ``N`` states of
-a tile at once as an ``[BLOCK_N, BLOCK_T]`` fp32 block):
+- A program owns ``BLOCK_D`` channels of one B/C group (one thread each, 32 per warp) and one
+  *fold group* of ``fold`` consecutive batch rows, which it walks as one stream of
+  ``rows * length`` tokens. Folding is index arithmetic only (running row/position counters);
+  every tensor is read through its own strides, so the model's time-major views are not copied.
+- A thread keeps all ``N`` states of its channel in registers: the sum over states needs no
+  shuffles, and softplus / loads / stores happen once per (channel, step), not per state.
+- Time advances ``CHUNK`` steps per loop iteration: u, delta, z, out move as ``[CHUNK, BLOCK_D]``
+  tiles (one channel column per thread), B and C as ``[N, CHUNK]`` tiles that every thread sees
+  (shared memory). Step ``k`` of a tile is picked with ``sum(where(idx == k, x, -0.0))`` over an
+  in-thread axis, which compiles to a register read (``-0.0`` is the exact additive identity).
+- Reset: a running phase counter gives the step of the chunk that starts a segment; there
+  ``a = exp2(delta*A*log2(e) - inf) = 0`` *and* the state is replaced by 0 before the update, so
+  an Inf/NaN state cannot cross an image boundary (0 * Inf would be NaN).
+- The forward saves the state every ``CKPT`` steps when a backward can follow (``hs``). The
+  backward walks ``CKPT``-step chunks in reverse: it recomputes the chunk's decays ``a`` once
+  (kept in registers) and reuses them for both the state and the adjoint
+  ``dh_t = C_t dy_t + a_{t+1} dh_{t+1}`` (no reverse ``associative_scan``, no second exp).
+  dB/dC are summed over the program's channels, then one relaxed fp32 atomic per (state, token)
+  (order-nondeterministic across channel blocks, like mamba_ssm); dA, dD, d(delta_bias) and fixed
+  B/C gradients are written per (fold group, channel) and summed on the host (deterministic).
 
-- forward: for each tile, inject the carried state into column 0, ``tl.associative_scan`` the
-  pairs ``(a, x)``, reduce against C, store; the entering carry of every tile goes to ``hs``
-  (n_groups, D, n_tiles, N) fp32 for the backward (mamba_ssm's ``x`` analogue).
-- backward: tiles in reverse; recompute h from ``hs``; adjoint ``dh_t = C_t dy_t + a_{t+1} dh_{t+1}``
-  as a reverse scan, with ``a_{t+1}`` recomputed from delta at ``t+1`` and forced to 0 at reset
-  positions (the mirror of the forward reset). dB/dC are shared by the channels of a group and go
-  through fp32 ``atomic_add`` (order-nondeterministic, like mamba_ssm); dA, dD and d(delta_bias)
-  are written per (group, channel) and summed on the host (deterministic).
-
-The reverse scan uses ``tl.associative_scan(..., reverse=True)`` unless a one-time probe on the
-GPU finds that it disagrees with the suffix recurrence (triton issue #4362), in which case the
-``tl.flip`` formulation is used. ``SF_MAMBA_SCAN_REVERSE=native|flip|auto`` overrides the choice.
-
-Importing this module needs triton but no GPU. Whether the kernels run compiled or in the
-interpreter is decided by triton when this module is imported (``TRITON_INTERPRET=1``).
+Importing this module needs triton but no GPU.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_CHUNK = 8  # forward steps per loop iteration
+FWD_MAX_REGS = 168  # 12 resident warps per SM (65,536 registers, 256-register granules per warp)
+MAX_CKPT = 4  # backward steps per loop iteration (= the forward's checkpoint interval)
 
 
 @triton.jit
-def _linear_combine(a_left, b_left, a_right, b_right):
-    # (a_l, b_l) then (a_r, b_r): h -> a_r * (a_l * h + b_l) + b_r
-    return a_left * a_right, a_right * b_left + b_right
+def _neg_zero():
+    # -0.0 built from its bits: a literal -0.0 is canonicalised to +0.0, and only x + (-0.0) == x
+    # lets a masked sum over an in-thread axis fold into a plain register read.
+    return tl.full([1], -2147483648, tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _pick(x, idx, k, axis: tl.constexpr):
+    return tl.sum(tl.where(idx == k, x, _neg_zero()), axis)
+
+
+@triton.jit
+def _log2(x, FAST: tl.constexpr):
+    if FAST:  # one MUFU.LG2 (rel. error ~2^-22) instead of libdevice's ~15-instruction polynomial
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    return tl.math.log2(x)  # the interpreter has no inline asm
+
+
+@triton.jit
+def _softplus(x, FAST: tl.constexpr):
+    # threshold 20 like mamba_ssm / torch; log(1 + e^x) through exp2/log2 (the MUFU ops)
+    return tl.where(x <= 20.0, _log2(1.0 + tl.exp2(tl.minimum(x, 20.0) * 1.4426950408889634), FAST)
+                    * 0.6931471805599453, x)
 
 
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    return 1.0 / (1.0 + tl.exp2(-x * 1.4426950408889634))
 
 
 @triton.jit
-def _softplus(x):
-    # threshold 20 like mamba_ssm / torch: softplus(x) == x beyond it
-    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
+def _time_offsets(row, pos, length, s_b, s_l, kk):
+    """Offsets of steps ``kk`` from (row, pos): a chunk crosses at most one row end (CHUNK <= L).
+
+    The index type follows the strides (int32 when the host found every offset < 2^31)."""
+    return row * s_b + pos * s_l + kk * s_l + tl.where(pos + kk >= length, s_b - length * s_l, 0)
 
 
-# Shape-dependent ints are not specialised: one compiled kernel per dtype/flags/tile instead of one
-# per batch size and stride pattern (the benchmark and LUT sweeps would otherwise recompile a lot).
-_SHAPE_INTS = ["batch", "length", "n_channels", "channels_per_group", "fold", "reset_every", "n_tiles_max"]
-_FWD_STRIDES = ["su_b", "su_d", "sdl_b", "sdl_d", "sz_b", "sz_d", "so_b", "so_d",
-                "sB_b", "sB_g", "sB_n", "sC_b", "sC_g", "sC_n"]
-_BWD_STRIDES = ["su_b", "su_d", "sdl_b", "sdl_d", "sz_b", "sz_d", "sdo_b", "sdo_d",
-                "sB_b", "sB_g", "sB_n", "sC_b", "sC_g", "sC_n", "sdB_b", "sdB_g", "sdB_n"]
 
-# Layout: a program owns BLOCK_D channels of one B/C group. Its state block has BLOCK_R = BLOCK_D *
-# BLOCK_N rows, row r <-> (local channel r // BLOCK_N, state r % BLOCK_N), and BLOCK_T time columns.
-# Per-channel values ([BLOCK_D, BLOCK_T]) reach the rows through a broadcast + reshape, B/C tiles
-# ([BLOCK_N, BLOCK_T]) are loaded once per program and shared by its BLOCK_D channels, and sums
-# over states / channels are reshapes to [BLOCK_D, BLOCK_N, BLOCK_T] + tl.sum. The scan itself is
-# always 2-D along the time axis.
+@triton.jit
+def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr):
+    """B or C for the chunk as an [N, CHUNK] fp32 tile (``base``: the [N, 1] state pointers)."""
+    ptrs = base + _time_offsets(row, pos, length, s_b, s_l, kk)[None, :]
+    if MASKED:
+        return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0).to(tl.float32)
+    return tl.load(ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
 
 
-@triton.jit(do_not_specialize=_SHAPE_INTS + _FWD_STRIDES)
-def _scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, out_ptr, hs_ptr,
-    batch, length, n_state, n_channels, channels_per_group, fold, reset_every, n_tiles_max,
-    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, so_b, so_d,
-    sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, SAVE_HS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    pid_group = tl.program_id(0)
-    d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
-    row0 = pid_group * fold
-    n_rows = tl.minimum(fold, batch - row0)
-    total = n_rows * length  # folded sequence length of this program
-    n_tiles = (total + BLOCK_T - 1) // BLOCK_T
-    grp = d0 // channels_per_group  # BLOCK_D divides channels_per_group: one group per program
+@triton.jit
+def _chunk_mask(valid_t, mask_d, MASKED: tl.constexpr):
+    if MASKED:
+        return valid_t[:, None] & mask_d[None, :]
+    return (valid_t[:, None] == valid_t[:, None]) & mask_d[None, :]
 
-    chans = d0 + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < n_state
-    offs_r = tl.arange(0, BLOCK_R)
-    r_chan = d0 + offs_r // BLOCK_N
-    r_state = offs_r % BLOCK_N
-    mask_r = r_state < n_state
-    cols = tl.arange(0, BLOCK_T)
-    A2 = tl.load(A_ptr + r_chan * n_state + r_state, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_D:
-        d_skip = tl.load(D_ptr + chans).to(tl.float32)
+
+@triton.jit
+def _ld(ptrs, mask, USE_MASK: tl.constexpr):
+    """fp32 load of a [CHUNK, BLOCK_D] tile; unmasked in the steady state (full chunk, whole channel block)."""
+    if USE_MASK:
+        return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(ptrs).to(tl.float32)
+
+
+@triton.jit
+def _st(ptrs, value, mask, USE_MASK: tl.constexpr):
+    if USE_MASK:
+        tl.store(ptrs, value.to(ptrs.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ptrs, value.to(ptrs.dtype.element_ty))
+
+
+@triton.jit
+def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
+               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, last_tile,
+               su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
+               N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
+               EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
+               SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
+               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr):
+    kk = tl.arange(0, CHUNK)
+    valid_t = (j0 + kk) < total
+    m2 = _chunk_mask(valid_t, mask_d, MASKED)
+    USE_MASK: tl.constexpr = MASKED or not EVEN_D
+    # B/C first: triton's layout propagation lets the *later* loads (u, delta: one channel per lane)
+    # win conflicts, so the state stays one-channel-per-thread and only the B/C tiles move
+    if not B_FIXED:
+        Bc = _load_bc_tile(B_base, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED)
+    if not C_FIXED:
+        Cc = _load_bc_tile(C_base, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED)
+    u = _ld(u_base + _time_offsets(row, pos, length, su_b, su_l, kk)[:, None], m2, USE_MASK)
+    u = u.to(tl.float32)  # [CHUNK, BLOCK_D]: one channel column per thread
+    dt = _ld(dt_base + _time_offsets(row, pos, length, sdt_b, sdt_l, kk)[:, None], m2, USE_MASK)
+    dt = dt.to(tl.float32)
     if HAS_DBIAS:
-        bias = tl.load(dbias_ptr + chans).to(tl.float32)
-    hs_base = (pid_group * n_channels + r_chan) * n_tiles_max
-
-    h = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for tile in range(n_tiles):
-        j = tile * BLOCK_T + cols
-        valid = j < total
-        row = (row0 + j // length).to(tl.int64)
-        pos = j % length
-        valid2 = valid[None, :] & (chans[:, None] >= 0)  # [BLOCK_D, BLOCK_T]
-        u = tl.load(u_ptr + row[None, :] * su_b + chans[:, None] * su_d + pos[None, :],
-                    mask=valid2, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row[None, :] * sdl_b + chans[:, None] * sdl_d + pos[None, :],
-                     mask=valid2, other=0.0).to(tl.float32)
-        if HAS_DBIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        mask_nt = mask_n[:, None] & valid[None, :]
-        Bt = tl.load(B_ptr + row[None, :] * sB_b + grp * sB_g + offs_n[:, None] * sB_n + pos[None, :],
-                     mask=mask_nt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + row[None, :] * sC_b + grp * sC_g + offs_n[:, None] * sC_n + pos[None, :],
-                     mask=mask_nt, other=0.0).to(tl.float32)
-        dt_r = tl.reshape(tl.broadcast_to(dt[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
-        x = tl.reshape((dt * u)[:, None, :] * Bt[None, :, :], (BLOCK_R, BLOCK_T))
-        a = tl.exp2(dt_r * A2[:, None])
-        if HAS_RESET:
-            a = tl.where((j % reset_every == 0)[None, :], 0.0, a)
-        a = tl.where(valid[None, :], a, 1.0)  # identity step on the ragged tail keeps the carry
+        dt = dt + bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(dt, FAST)
+    if MASKED:
+        dt = tl.where(valid_t[:, None], dt, 0.0)  # identity steps past the end keep the state
+    dtu = dt * u
+    kk3 = kk[None, :, None]
+    if B_FIXED:
+        x3 = dtu[None, :, :] * B_fix[:, None, :]
+    else:
+        # [N, CHUNK, BLOCK_D]: the product with the per-channel tile moves B into shared memory once
+        # per chunk (every thread reads all of it); picking step k is then a register read
+        x3 = dtu[None, :, :] * Bc[:, :, None]
+    # C in the same layout: `where(always true, C, x3)` folds away after lowering, but makes the
+    # compiler move C like B (one shared-memory pass per chunk), so y is a plain FMA chain below
+    if C_FIXED:
+        C3 = tl.where(kk3 >= 0, C_fix[:, None, :], x3)
+    else:
+        C3 = tl.where(kk3 >= 0, Cc[:, :, None], x3)
+    h_all = tl.zeros_like(x3)
+    for k in tl.static_range(CHUNK):
         if SAVE_HS:
-            tl.store(hs_ptr + (hs_base + tile) * n_state + r_state, h, mask=mask_r)
-        x = tl.where(cols[None, :] == 0, x + a * h[:, None], x)
-        _, hh = tl.associative_scan((a, x), 1, _linear_combine)
-        h = tl.sum(tl.where(cols[None, :] == BLOCK_T - 1, hh, 0.0), 1)
-        y = tl.sum(tl.reshape(hh, (BLOCK_D, BLOCK_N, BLOCK_T)) * Ct[None, :, :], 1)  # [BLOCK_D, BLOCK_T]
-        if HAS_D:
-            y = y + d_skip[:, None] * u
-        if HAS_Z:
-            zt = tl.load(z_ptr + row[None, :] * sz_b + chans[:, None] * sz_d + pos[None, :],
-                         mask=valid2, other=0.0).to(tl.float32)
-            y = y * zt * _sigmoid(zt)
-        tl.store(out_ptr + row[None, :] * so_b + chans[:, None] * so_d + pos[None, :],
-                 y.to(out_ptr.dtype.element_ty), mask=valid2)
-
-
-@triton.jit(do_not_specialize=_SHAPE_INTS + _BWD_STRIDES)
-def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, hs_ptr, dout_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_part_ptr, dD_part_ptr, ddbias_part_ptr,
-    batch, length, n_state, n_channels, channels_per_group, fold, reset_every, n_tiles_max,
-    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sdo_b, sdo_d,
-    sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, sdB_b, sdB_g, sdB_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    # du, ddelta, dz are contiguous (batch, D, L); dB/dC are fp32 with the given strides (unit along L).
-    pid_group = tl.program_id(0)
-    d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
-    row0 = pid_group * fold
-    n_rows = tl.minimum(fold, batch - row0)
-    total = n_rows * length
-    n_tiles = (total + BLOCK_T - 1) // BLOCK_T
-    grp = d0 // channels_per_group
-
-    chans = d0 + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < n_state
-    offs_r = tl.arange(0, BLOCK_R)
-    r_chan = d0 + offs_r // BLOCK_N
-    r_state = offs_r % BLOCK_N
-    mask_r = r_state < n_state
-    cols = tl.arange(0, BLOCK_T)
-    A_nat = tl.load(A_ptr + r_chan * n_state + r_state, mask=mask_r, other=0.0).to(tl.float32)
-    A2 = A_nat * 1.4426950408889634
-    d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        d_skip = tl.load(D_ptr + chans).to(tl.float32)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_DBIAS:
-        bias = tl.load(dbias_ptr + chans).to(tl.float32)
-    hs_base = (pid_group * n_channels + r_chan) * n_tiles_max
-
-    dh_carry = tl.zeros([BLOCK_R], dtype=tl.float32)  # dh at column 0 of the later tile
-    dA_acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
-    for step in range(n_tiles):
-        tile = n_tiles - 1 - step
-        j = tile * BLOCK_T + cols
-        valid = j < total
-        row = (row0 + j // length).to(tl.int64)
-        pos = j % length
-        valid2 = valid[None, :] & (chans[:, None] >= 0)
-        mask_nt = mask_n[:, None] & valid[None, :]
-        u = tl.load(u_ptr + row[None, :] * su_b + chans[:, None] * su_d + pos[None, :],
-                    mask=valid2, other=0.0).to(tl.float32)
-        dt_raw = tl.load(delta_ptr + row[None, :] * sdl_b + chans[:, None] * sdl_d + pos[None, :],
-                         mask=valid2, other=0.0).to(tl.float32) + bias[:, None]
-        dt = dt_raw
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        Bt = tl.load(B_ptr + row[None, :] * sB_b + grp * sB_g + offs_n[:, None] * sB_n + pos[None, :],
-                     mask=mask_nt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + row[None, :] * sC_b + grp * sC_g + offs_n[:, None] * sC_n + pos[None, :],
-                     mask=mask_nt, other=0.0).to(tl.float32)
-
-        # 1) recompute the forward states of this tile from the saved entering carry
-        dt_r = tl.reshape(tl.broadcast_to(dt[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
-        dtu_r = tl.reshape(tl.broadcast_to((dt * u)[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
-        B_r = tl.reshape(tl.broadcast_to(Bt[None, :, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
-        a = tl.exp2(dt_r * A2[:, None])
+            if k % CKPT == 0:  # the state entering step j0 + k, for the backward's recompute
+                ck = (j0 + k) // CKPT
+                tl.store(hs_tile + ck * hs_step, h, mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
+        dt_k = _pick(dt, kk[:, None], k, 0)  # [BLOCK_D], a register read
         if HAS_RESET:
-            a = tl.where((j % reset_every == 0)[None, :], 0.0, a)
-        a = tl.where(valid[None, :], a, 1.0)
-        x_raw = dtu_r * B_r
-        h_in = tl.load(hs_ptr + (hs_base + tile) * n_state + r_state, mask=mask_r, other=0.0)
-        x = tl.where(cols[None, :] == 0, x_raw + a * h_in[:, None], x_raw)
-        _, hh = tl.associative_scan((a, x), 1, _linear_combine)
-
-        # 2) output gate
-        dout = tl.load(dout_ptr + row[None, :] * sdo_b + chans[:, None] * sdo_d + pos[None, :],
-                       mask=valid2, other=0.0).to(tl.float32)
-        out_off = (row[None, :] * n_channels + chans[:, None]) * length + pos[None, :]
-        dy = dout
-        if HAS_Z:
-            zt = tl.load(z_ptr + row[None, :] * sz_b + chans[:, None] * sz_d + pos[None, :],
-                         mask=valid2, other=0.0).to(tl.float32)
-            y_pre = tl.sum(tl.reshape(hh, (BLOCK_D, BLOCK_N, BLOCK_T)) * Ct[None, :, :], 1) + d_skip[:, None] * u
-            sig = _sigmoid(zt)
-            dz = dout * y_pre * sig * (1.0 + zt * (1.0 - sig))
-            tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=valid2)
-            dy = dout * zt * sig
-
-        # 3) adjoint: dh_t = C_t dy_t + a_{t+1} dh_{t+1}, with a_{t+1} = 0 where t+1 restarts or ends
-        j1 = j + 1
-        valid1 = j1 < total
-        row1 = (row0 + j1 // length).to(tl.int64)
-        pos1 = j1 % length
-        dt1 = tl.load(delta_ptr + row1[None, :] * sdl_b + chans[:, None] * sdl_d + pos1[None, :],
-                      mask=valid1[None, :] & (chans[:, None] >= 0), other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dt1 = _softplus(dt1)
-        dt1_r = tl.reshape(tl.broadcast_to(dt1[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
-        a_next = tl.exp2(dt1_r * A2[:, None])
-        if HAS_RESET:
-            a_next = tl.where((j1 % reset_every == 0)[None, :], 0.0, a_next)
-        a_next = tl.where(valid1[None, :], a_next, 0.0)
-        g = tl.reshape(dy[:, None, :] * Ct[None, :, :], (BLOCK_R, BLOCK_T))
-        g = tl.where(cols[None, :] == BLOCK_T - 1, g + a_next * dh_carry[:, None], g)
-        if REVERSE_BY_FLIP:
-            _, dh_flipped = tl.associative_scan((tl.flip(a_next, 1), tl.flip(g, 1)), 1, _linear_combine)
-            dh = tl.flip(dh_flipped, 1)
+            # a segment starts here: a = 0 and the state is *replaced* (0 * Inf would be NaN)
+            a = tl.exp2(dt_k[None, :] * A2 + tl.where(dist == k, float("-inf"), 0.0))
+            h = tl.where(dist == k, 0.0, h)
         else:
-            _, dh = tl.associative_scan((a_next, g), 1, _linear_combine, reverse=True)
-        dh_carry = tl.sum(tl.where(cols[None, :] == 0, dh, 0.0), 1)
+            a = tl.exp2(dt_k[None, :] * A2)
+        h = a * h + _pick(x3, kk3, k, 1)
+        h_all = tl.where(kk3 == k, h[:, None, :], h_all)
+        if SAVE_LAST:
+            is_last = (pos + k == length - 1) & (j0 + k < total)
+            tl.store(last_tile + row.to(tl.int64) * sl_b, h, mask=mask_n[:, None] & mask_d[None, :] & is_last)
+    if HAS_D:
+        y = d_skip[None, :] * u
+    else:
+        y = tl.zeros_like(u)
+    nn3 = tl.arange(0, N)[:, None, None]
+    for n in tl.static_range(N):  # y = D u + sum_n C h, one FMA chain per (channel, step)
+        y = tl.fma(_pick(h_all, nn3, n, 0), _pick(C3, nn3, n, 0), y)  # [CHUNK, BLOCK_D]
+    if HAS_Z:
+        zt = _ld(z_base + _time_offsets(row, pos, length, sz_b, sz_l, kk)[:, None], m2, USE_MASK)
+        zt = zt.to(tl.float32)
+        y = y * zt * _sigmoid(zt)
+    _st(out_base + _time_offsets(row, pos, length, so_b, so_l, kk)[:, None], y, m2, USE_MASK)
+    return h
 
-        # 4) local gradients; ah = a_t * h_{t-1} without a division (exactly 0 at resets)
-        ah = hh - x_raw
-        dh3 = tl.reshape(dh, (BLOCK_D, BLOCK_N, BLOCK_T))
-        du = dy * d_skip[:, None] + dt * tl.sum(dh3 * Bt[None, :, :], 1)
-        ddt = u * tl.sum(dh3 * Bt[None, :, :], 1) + tl.sum(tl.reshape(dh * A_nat[:, None] * ah,
-                                                                       (BLOCK_D, BLOCK_N, BLOCK_T)), 1)
-        if SOFTPLUS:
-            ddt = ddt * tl.where(dt_raw <= 20.0, _sigmoid(dt_raw), 1.0)
-        ddt = tl.where(valid2, ddt, 0.0)
-        tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=valid2)
-        tl.store(ddelta_ptr + out_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=valid2)
-        dA_acc += tl.sum(dh * dt_r * ah, 1)
-        # dB/dC: summed over this program's channels first, then one atomic per (state, token)
-        dB = tl.sum(tl.reshape(dh * dtu_r, (BLOCK_D, BLOCK_N, BLOCK_T)), 0)
-        dy_r = tl.reshape(tl.broadcast_to(dy[:, None, :], (BLOCK_D, BLOCK_N, BLOCK_T)), (BLOCK_R, BLOCK_T))
-        dC = tl.sum(tl.reshape(hh * dy_r, (BLOCK_D, BLOCK_N, BLOCK_T)), 0)
-        dbc_off = row[None, :] * sdB_b + grp * sdB_g + offs_n[:, None] * sdB_n + pos[None, :]
-        tl.atomic_add(dB_ptr + dbc_off, dB, mask=mask_nt)
-        tl.atomic_add(dC_ptr + dbc_off, dC, mask=mask_nt)
-        dD_acc += dy * u
-        dbias_acc += ddt
 
-    part = pid_group * n_channels
-    tl.store(dA_part_ptr + (part + r_chan) * n_state + r_state, dA_acc, mask=mask_r)
-    tl.store(dD_part_ptr + part + chans, tl.sum(dD_acc, 1))
-    tl.store(ddbias_part_ptr + part + chans, tl.sum(dbias_acc, 1))
+# Every shape/stride int stays a runtime value: no recompile per batch size or stride pattern, and a
+# unit stride does not make Triton re-lay the tiles out along time (the design wants channels on lanes).
+_FWD_INTS = ["batch", "length", "n_state", "n_channels", "cpg", "n_dblocks", "fold", "reset_every", "n_ckpt",
+             "su_b", "su_d", "su_l", "sdt_b", "sdt_d", "sdt_l", "sz_b", "sz_d", "sz_l", "so_b", "so_d", "so_l",
+             "sA_d", "sA_n", "sB_b", "sB_g", "sB_n", "sB_l", "sC_b", "sC_g", "sC_n", "sC_l", "sl_b", "sl_d"]
+
+
+@triton.jit(do_not_specialize=_FWD_INTS)
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, out_ptr, hs_ptr, last_ptr,
+    batch, length, n_state, n_channels, cpg, n_dblocks, fold, reset_every, n_ckpt,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+    sA_d, sA_n, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sl_b, sl_d,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr, EVEN_D: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, SAVE_HS: tl.constexpr,
+    SAVE_LAST: tl.constexpr, FAST: tl.constexpr, OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
+):
+    if SAME_TIME_STRIDES:  # u, delta, z, out (and B, C) share (batch, time) strides: one index computation
+        sdt_b = su_b
+        sdt_l = su_l
+        sz_b = su_b
+        sz_l = su_l
+        so_b = su_b
+        so_l = su_l
+        sC_b = sB_b
+        sC_l = sB_l
+    if OFF64:  # some offset may pass 2^31: index math in int64
+        su_b = su_b.to(tl.int64)
+        sdt_b = sdt_b.to(tl.int64)
+        sz_b = sz_b.to(tl.int64)
+        so_b = so_b.to(tl.int64)
+        sB_b = sB_b.to(tl.int64)
+        sC_b = sC_b.to(tl.int64)
+        sl_b = sl_b.to(tl.int64)
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    g = pid_c // n_dblocks
+    d_local = (pid_c - g * n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_local < cpg
+    chan = (g * cpg + d_local).to(tl.int64)
+    offs_n = tl.arange(0, N)
+    mask_n = offs_n < n_state
+    row0 = pid_r * fold
+    total = tl.minimum(fold, batch - row0) * length
+
+    A2 = tl.load(A_ptr + chan[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_n[:, None] & mask_d[None, :],
+                 other=0.0).to(tl.float32) * 1.4426950408889634  # [N, BLOCK_D]
+    # placeholders for the operands a flag switches off (never read then)
+    d_skip = A2
+    bias = A2
+    B_fix = A2
+    C_fix = A2
+    B_base = A2
+    C_base = A2
+    hs_tile = A2
+    last_tile = A2
+    if HAS_D:
+        d_skip = tl.load(D_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DBIAS:
+        bias = tl.load(dbias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    if B_FIXED:  # (D, N): sB_b is the channel stride
+        B_fix = tl.load(B_ptr + chan[None, :] * sB_b + offs_n[:, None] * sB_n,
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    else:
+        B_base = (B_ptr + g.to(tl.int64) * sB_g + offs_n.to(tl.int64) * sB_n)[:, None]
+    if C_FIXED:
+        C_fix = tl.load(C_ptr + chan[None, :] * sC_b + offs_n[:, None] * sC_n,
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    else:
+        C_base = (C_ptr + g.to(tl.int64) * sC_g + offs_n.to(tl.int64) * sC_n)[:, None]
+    if SAVE_HS:  # hs: (fold groups, n_ckpt, N, channels) fp32: channels on lanes, coalesced
+        hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :] + (offs_n * n_channels)[:, None]
+    if SAVE_LAST:  # last: (batch, channels, N) fp32
+        last_tile = last_ptr + (chan * sl_d)[None, :] + offs_n[:, None]
+    u_base = (u_ptr + chan * su_d)[None, :]
+    dt_base = (dt_ptr + chan * sdt_d)[None, :]
+    z_base = (z_ptr + chan * sz_d)[None, :]
+    out_base = (out_ptr + chan * so_d)[None, :]
+
+    h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+    row = row0
+    pos = 0
+    phase = 0  # position inside the current reset segment
+    n_full = total // CHUNK
+    for i in range(n_full):
+        dist = tl.where(phase == 0, 0, reset_every - phase)  # steps until the next segment start
+        h = _fwd_chunk(h, i * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
+                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
+                       su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
+                       N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
+        pos += CHUNK
+        wrap = pos >= length
+        pos = tl.where(wrap, pos - length, pos)
+        row += wrap.to(tl.int32)
+        if HAS_RESET:
+            phase += CHUNK
+            phase = tl.where(phase >= reset_every, phase - reset_every, phase)
+    if n_full * CHUNK < total:
+        dist = tl.where(phase == 0, 0, reset_every - phase)
+        h = _fwd_chunk(h, n_full * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix,
+                       C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
+                       su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
+                       N, True, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
 
 
 @triton.jit
-def _reverse_probe_kernel(a_ptr, b_ptr, out_ptr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]
-    a = tl.load(a_ptr + offs)
-    b = tl.load(b_ptr + offs)
-    _, s = tl.associative_scan((a, b), 1, _linear_combine, reverse=True)
-    tl.store(out_ptr + offs, s)
+def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
+               j0, row, pos, dist, total, length, mask_d, mask_n, A_nat, A2, d_skip, bias, B_fix, C_fix,
+               u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
+               hs_tile, hs_step,
+               su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
+               sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
+               N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
+               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr):
+    kk = tl.arange(0, CHUNK)
+    kk3 = kk[None, :, None]
+    valid_t = (j0 + kk) < total
+    m2 = _chunk_mask(valid_t, mask_d, MASKED)
+    USE_MASK: tl.constexpr = MASKED or not EVEN_D
+    # B/C loads first, so the per-channel tiles' layout wins (see _fwd_chunk)
+    if not B_FIXED:
+        Bc = _load_bc_tile(B_base, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED)
+    if not C_FIXED:
+        Cc = _load_bc_tile(C_base, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED)
+    u = _ld(u_base + _time_offsets(row, pos, length, su_b, su_l, kk)[:, None], m2, USE_MASK)
+    u = u.to(tl.float32)
+    dt_raw = _ld(dt_base + _time_offsets(row, pos, length, sdt_b, sdt_l, kk)[:, None], m2, USE_MASK)
+    dt_raw = dt_raw.to(tl.float32)
+    if HAS_DBIAS:
+        dt_raw = dt_raw + bias[None, :]
+    dt = dt_raw
+    if SOFTPLUS:
+        dt = _softplus(dt_raw, FAST)
+    if MASKED:
+        dt = tl.where(valid_t[:, None], dt, 0.0)
+    dtu = dt * u
+    dout = _ld(dout_base + _time_offsets(row, pos, length, sdo_b, sdo_l, kk)[:, None], m2, USE_MASK)
+    dout = dout.to(tl.float32)
+    dy = dout
+    if HAS_Z:
+        zt = _ld(z_base + _time_offsets(row, pos, length, sz_b, sz_l, kk)[:, None], m2, USE_MASK)
+        zt = zt.to(tl.float32)
+        sig = _sigmoid(zt)
+        dy = dout * zt * sig
+
+    # Chunk-wide [N, CHUNK, BLOCK_D] tiles: products with a per-channel tile move B and C into shared
+    # memory once per chunk, and only the two recurrences below run step by step (register picks).
+    dt3 = dt[None, :, :]
+    if HAS_RESET:  # a = exp2(-inf) = 0 where a segment starts
+        a3 = tl.exp2(dt3 * A2[:, None, :] + tl.where(kk3 == dist, float("-inf"), 0.0))
+    else:
+        a3 = tl.exp2(dt3 * A2[:, None, :])  # the chunk's decays: computed once, used by both sweeps
+    if B_FIXED:
+        x3 = dtu[None, :, :] * B_fix[:, None, :]
+    else:
+        x3 = dtu[None, :, :] * Bc[:, :, None]
+    if C_FIXED:
+        g3 = dy[None, :, :] * C_fix[:, None, :]
+    else:
+        g3 = dy[None, :, :] * Cc[:, :, None]
+
+    # 1) recompute the states from the checkpoint
+    h = tl.load(hs_tile + (j0 // CHUNK) * hs_step, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    h_all = tl.zeros_like(a3)
+    for k in tl.static_range(CHUNK):
+        if HAS_RESET:  # the reset replaces the state (0 * Inf would be NaN)
+            h = tl.where(dist == k, 0.0, h)
+        h = _pick(a3, kk3, k, 1) * h + _pick(x3, kk3, k, 1)
+        h_all = tl.where(kk3 == k, h[:, None, :], h_all)
+    ah3 = h_all - x3  # a_t h_{t-1}: no division, exactly 0 at a reset
+
+    # 2) adjoint sweep, latest step first: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
+    dh = carry
+    dh_all = tl.zeros_like(a3)
+    for kr in tl.static_range(CHUNK):
+        k = CHUNK - 1 - kr
+        if k < CHUNK - 1:
+            flow = _pick(a3, kk3, k + 1, 1) * dh
+            if HAS_RESET:  # step k + 1 starts a segment: nothing flows back across it
+                flow = tl.where(dist == k + 1, 0.0, flow)
+            dh = flow + _pick(g3, kk3, k, 1)
+        else:
+            dh = dh + _pick(g3, kk3, k, 1)
+        dh_all = tl.where(kk3 == k, dh[:, None, :], dh_all)
+    carry = _pick(a3, kk3, 0, 1) * dh
+    if HAS_RESET:
+        carry = tl.where(dist == 0, 0.0, carry)
+
+    # 3) local gradients, chunk-wide
+    dhah = dh_all * ah3
+    dA_acc += tl.sum(dhah * dt3, 1)
+    s_A = tl.sum(dhah * A_nat[:, None, :], 0)  # [CHUNK, BLOCK_D]
+    if B_FIXED:
+        s_B = tl.sum(dh_all * B_fix[:, None, :], 0)
+        dBf_acc += tl.sum(dh_all * dtu[None, :, :], 1)
+    else:
+        s_B = tl.sum(dh_all * Bc[:, :, None], 0)
+    t_dB = _time_offsets(row, pos, length, sdB_b, sdB_l, kk)
+    if not B_FIXED:  # sum over this program's channels, then one relaxed atomic per (state, token)
+        tl.atomic_add(dB_base + t_dB[None, :], tl.sum(dh_all * dtu[None, :, :], 2),
+                      mask=mask_n[:, None] & valid_t[None, :], sem="relaxed")
+    if C_FIXED:
+        dCf_acc += tl.sum(h_all * dy[None, :, :], 1)
+    else:
+        tl.atomic_add(dC_base + t_dB[None, :], tl.sum(h_all * dy[None, :, :], 2),
+                      mask=mask_n[:, None] & valid_t[None, :], sem="relaxed")
+    if HAS_Z:
+        if C_FIXED:
+            y_pre = tl.sum(h_all * C_fix[:, None, :], 0)
+        else:
+            y_pre = tl.sum(h_all * Cc[:, :, None], 0)
+        if HAS_D:
+            y_pre = y_pre + d_skip[None, :] * u
+        dz = dout * y_pre * sig * (1.0 + zt * (1.0 - sig))
+        _st(dz_base + _time_offsets(row, pos, length, sdz_b, sdz_l, kk)[:, None], dz, m2, USE_MASK)
+    du = dt * s_B
+    if HAS_D:
+        du += d_skip[None, :] * dy
+    ddt = u * s_B + s_A
+    if SOFTPLUS:
+        ddt = ddt * tl.where(dt_raw <= 20.0, _sigmoid(dt_raw), 1.0)
+    if MASKED:
+        ddt = tl.where(valid_t[:, None], ddt, 0.0)
+    _st(du_base + _time_offsets(row, pos, length, sdu_b, sdu_l, kk)[:, None], du, m2, USE_MASK)
+    _st(ddt_base + _time_offsets(row, pos, length, sddt_b, sddt_l, kk)[:, None], ddt, m2, USE_MASK)
+    dbias_acc += ddt
+    dD_acc += dy * u
+    return carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc
 
 
-# ----------------------------------------------------------------------------------------------
-# host side
+_BWD_INTS = ["batch", "length", "n_state", "n_channels", "cpg", "n_dblocks", "fold", "reset_every", "n_ckpt",
+             "su_b", "su_d", "su_l", "sdt_b", "sdt_d", "sdt_l", "sz_b", "sz_d", "sz_l", "sdo_b", "sdo_d", "sdo_l",
+             "sdu_b", "sdu_d", "sdu_l", "sddt_b", "sddt_d", "sddt_l", "sdz_b", "sdz_d", "sdz_l",
+             "sA_d", "sA_n", "sB_b", "sB_g", "sB_n", "sB_l", "sC_b", "sC_g", "sC_n", "sC_l",
+             "sdB_b", "sdB_g", "sdB_n", "sdB_l"]
+
+
+@triton.jit(do_not_specialize=_BWD_INTS)
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, hs_ptr, dout_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_part, dD_part, ddbias_part, dBf_part, dCf_part,
+    batch, length, n_state, n_channels, cpg, n_dblocks, fold, reset_every, n_ckpt,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+    sdu_b, sdu_d, sdu_l, sddt_b, sddt_d, sddt_l, sdz_b, sdz_d, sdz_l,
+    sA_d, sA_n, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g, sdB_n, sdB_l,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr,
+    OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
+):
+    # dB/dC (variable): fp32 (batch, G, N, L) buffers with strides sdB_*; the *_part outputs are
+    # (fold groups, channels[, N]) fp32, summed over fold groups on the host.
+    if SAME_TIME_STRIDES:  # the (batch, time) tensors share strides: one index computation
+        sdt_b = su_b
+        sdt_l = su_l
+        sz_b = su_b
+        sz_l = su_l
+        sdo_b = su_b
+        sdo_l = su_l
+        sdu_b = su_b
+        sdu_l = su_l
+        sddt_b = su_b
+        sddt_l = su_l
+        sdz_b = su_b
+        sdz_l = su_l
+        sC_b = sB_b
+        sC_l = sB_l
+    if OFF64:  # some offset may pass 2^31: index math in int64
+        su_b = su_b.to(tl.int64)
+        sdt_b = sdt_b.to(tl.int64)
+        sz_b = sz_b.to(tl.int64)
+        sdo_b = sdo_b.to(tl.int64)
+        sdu_b = sdu_b.to(tl.int64)
+        sddt_b = sddt_b.to(tl.int64)
+        sdz_b = sdz_b.to(tl.int64)
+        sB_b = sB_b.to(tl.int64)
+        sC_b = sC_b.to(tl.int64)
+        sdB_b = sdB_b.to(tl.int64)
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    g = pid_c // n_dblocks
+    d_local = (pid_c - g * n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_local < cpg
+    chan = (g * cpg + d_local).to(tl.int64)
+    offs_n = tl.arange(0, N)
+    mask_n = offs_n < n_state
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    row0 = pid_r * fold
+    total = tl.minimum(fold, batch - row0) * length
+
+    A_nat = tl.load(A_ptr + chan[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_nd, other=0.0).to(tl.float32)
+    A2 = A_nat * 1.4426950408889634
+    d_skip = A2
+    bias = A2
+    B_fix = A2
+    C_fix = A2
+    B_base = A2
+    C_base = A2
+    dB_base = A2
+    dC_base = A2
+    if HAS_D:
+        d_skip = tl.load(D_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DBIAS:
+        bias = tl.load(dbias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    dB_off = g.to(tl.int64) * sdB_g + offs_n.to(tl.int64) * sdB_n
+    if B_FIXED:
+        B_fix = tl.load(B_ptr + chan[None, :] * sB_b + offs_n[:, None] * sB_n, mask=mask_nd, other=0.0).to(tl.float32)
+    else:
+        B_base = (B_ptr + g.to(tl.int64) * sB_g + offs_n.to(tl.int64) * sB_n)[:, None]
+        dB_base = (dB_ptr + dB_off)[:, None]
+    if C_FIXED:
+        C_fix = tl.load(C_ptr + chan[None, :] * sC_b + offs_n[:, None] * sC_n, mask=mask_nd, other=0.0).to(tl.float32)
+    else:
+        C_base = (C_ptr + g.to(tl.int64) * sC_g + offs_n.to(tl.int64) * sC_n)[:, None]
+        dC_base = (dC_ptr + dB_off)[:, None]
+    hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :] + (offs_n * n_channels)[:, None]
+    u_base = (u_ptr + chan * su_d)[None, :]
+    dt_base = (dt_ptr + chan * sdt_d)[None, :]
+    z_base = (z_ptr + chan * sz_d)[None, :]
+    dout_base = (dout_ptr + chan * sdo_d)[None, :]
+    du_base = (du_ptr + chan * sdu_d)[None, :]
+    ddt_base = (ddt_ptr + chan * sddt_d)[None, :]
+    dz_base = (dz_ptr + chan * sdz_d)[None, :]
+
+    carry = tl.zeros([N, BLOCK_D], dtype=tl.float32)  # a_{t+1} dh_{t+1} flowing into the chunk's last step
+    dA_acc = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+    dBf_acc = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+    dCf_acc = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+    dD_acc = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+
+    n_full = total // CHUNK
+    j0 = n_full * CHUNK
+    rel = j0 // length
+    row = row0 + rel
+    pos = j0 - rel * length
+    phase = 0
+    if HAS_RESET:
+        phase = j0 % reset_every
+    if j0 < total:  # the ragged last chunk
+        dist = tl.where(phase == 0, 0, reset_every - phase)
+        carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc = _bwd_chunk(
+            carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
+            j0, row, pos, dist, total, length, mask_d, mask_n, A_nat, A2, d_skip, bias, B_fix, C_fix,
+            u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
+            hs_tile, N * n_channels, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
+            sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
+            N, True, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
+    for i in range(n_full):
+        j0 -= CHUNK
+        pos -= CHUNK
+        wrap = pos < 0
+        pos = tl.where(wrap, pos + length, pos)
+        row -= wrap.to(tl.int32)
+        if HAS_RESET:
+            phase -= CHUNK
+            phase = tl.where(phase < 0, phase + reset_every, phase)
+        dist = tl.where(phase == 0, 0, reset_every - phase)
+        carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc = _bwd_chunk(
+            carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
+            j0, row, pos, dist, total, length, mask_d, mask_n, A_nat, A2, d_skip, bias, B_fix, C_fix,
+            u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
+            hs_tile, N * n_channels, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
+            sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
+            N, False, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
+
+    part_nd = ((pid_r * n_channels + chan) * N)[None, :] + offs_n[:, None]
+    tl.store(dA_part + part_nd, dA_acc, mask=mask_nd)
+    if B_FIXED:
+        tl.store(dBf_part + part_nd, dBf_acc, mask=mask_nd)
+    if C_FIXED:
+        tl.store(dCf_part + part_nd, dCf_acc, mask=mask_nd)
+    part_d = pid_r * n_channels + chan
+    tl.store(dD_part + part_d, tl.sum(dD_acc, 0), mask=mask_d)
+    tl.store(ddbias_part + part_d, tl.sum(dbias_acc, 0), mask=mask_d)
+
+
+# ----------------------------------------------------------------------------------------------- host
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def suffix_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """s_t = a_t * s_{t+1} + b_t along the last dim (the semantics the backward needs)."""
-    out = torch.empty_like(b)
-    s = torch.zeros_like(b[..., 0])
-    for t in range(b.shape[-1] - 1, -1, -1):
-        s = a[..., t] * s + b[..., t]
-        out[..., t] = s
-    return out
+def _prev_pow2(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
 
 
-_REVERSE_OK: dict = {}
+def launch_config(length: int, n_state: int, channels_per_group: int, reset_every: int | None) -> dict:
+    """Tile sizes the launcher picks (also what ``aot.py`` compiles).
 
-
-def num_warps_for(block_rows: int, block_t: int) -> int:
-    return 4 if block_rows * block_t <= 2048 else 8
-
-
-def reverse_scan_is_native(device: torch.device, block_n: int, block_t: int) -> bool:
-    """True if ``associative_scan(reverse=True)`` computes the suffix recurrence on this device.
-
-    Probed once per (device, tile shape) on the GPU (triton issue #4362); the interpreter
-    implements it as flip-scan-flip, which is correct.
+    CHUNK <= length and <= reset_every, so a chunk crosses at most one row end and one segment start.
     """
-    mode = os.environ.get("SF_MAMBA_SCAN_REVERSE", "auto")
-    if mode not in ("auto", "native", "flip"):
-        raise ValueError(f"SF_MAMBA_SCAN_REVERSE must be auto, native or flip, got {mode!r}")
-    if mode != "auto":
-        return mode == "native"
-    if device.type != "cuda" or interpreting():
-        return True
-    num_warps = num_warps_for(block_n, block_t)  # the scan's lowering depends on the warp layout
-    key = (str(device), block_n, block_t, num_warps)
-    if key not in _REVERSE_OK:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        a = torch.rand(block_n, block_t, generator=gen).to(device)
-        b = torch.randn(block_n, block_t, generator=gen).to(device)
-        out = torch.empty_like(b)
-        _reverse_probe_kernel[(1,)](a, b, out, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps)
-        expected = suffix_recurrence(a.double(), b.double()).float()
-        _REVERSE_OK[key] = bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5))
-        if not _REVERSE_OK[key]:
-            warnings.warn(f"tl.associative_scan(reverse=True) is wrong on {torch.cuda.get_device_name(device)} "
-                          f"for a [{block_n}x{block_t}] tile (triton issue #4362); the selective-scan backward "
-                          "uses the tl.flip formulation instead", RuntimeWarning, stacklevel=2)
-    return _REVERSE_OK[key]
+    chunk = min(MAX_CHUNK, _prev_pow2(length), _prev_pow2(reset_every) if reset_every else MAX_CHUNK)
+    block_d = 32 if channels_per_group >= 32 else triton.next_power_of_2(channels_per_group)
+    return dict(N=triton.next_power_of_2(n_state), BLOCK_D=block_d, CHUNK=chunk, CKPT=min(MAX_CKPT, chunk),
+                num_warps=1, EVEN_D=channels_per_group % block_d == 0)
 
 
-def pick_block_t(seq_len: int, block_rows: int) -> int:
-    """Time tile: the folded length rounded up to a power of 2, capped so a tile is <= 4096 states."""
-    cap = max(16, min(1024, 4096 // block_rows))
-    return max(16, min(triton.next_power_of_2(seq_len), cap))
+def _offsets_fit_int32(*tensors) -> bool:
+    """True if every element offset of every tensor fits in int32 (the kernels' fast index math)."""
+    return all(sum(abs(st) * (n - 1) for st, n in zip(t.stride(), t.shape) if n) < 2**31 - 1
+               for t in tensors if t is not None and t.numel())
 
 
-def pick_block_d(channels_per_group: int, block_n: int, requested: int | None = None) -> int:
-    """Channels per program: they share one B/C tile load and one dB/dC atomic per element.
-
-    The largest power of 2 that divides ``channels_per_group`` and keeps BLOCK_D * BLOCK_N <= 32,
-    unless ``requested`` (or ``SF_MAMBA_SCAN_BLOCK_D``) says otherwise. (A GPU-untuned default.)
-    """
-    if requested is None and os.environ.get("SF_MAMBA_SCAN_BLOCK_D"):
-        requested = int(os.environ["SF_MAMBA_SCAN_BLOCK_D"])
-    if requested is not None:
-        if requested < 1 or requested & (requested - 1) or channels_per_group % requested:
-            raise ValueError(f"block_d must be a power of 2 dividing the channels per B/C group "
-                             f"({channels_per_group}), got {requested}")
-        return requested
-    block_d = 1
-    while block_d * 2 * block_n <= 32 and channels_per_group % (block_d * 2) == 0:
-        block_d *= 2
-    return block_d
+def _same_time_strides(per_channel, bc) -> bool:
+    """The (batch, time) strides agree across the (batch, channels, L) tensors and across B and C."""
+    first = per_channel[0]
+    ok = all((t.stride(0), t.stride(2)) == (first.stride(0), first.stride(2)) for t in per_channel)
+    variable = [x for x in bc if x.dim() > 2]
+    return ok and len(variable) == 2 and _bc_strides(variable[0])[::3] == _bc_strides(variable[1])[::3]
 
 
-def _check_arg(name, x, *, ndims, device, optional=False):
-    if x is None:
-        if optional:
-            return
-        raise TypeError(f"{name} is required")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} has dtype {x.dtype}; the Triton scan supports float16, bfloat16 and float32")
-    if x.dim() not in ndims:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dims, got shape {tuple(x.shape)}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device} but u is on {device}; all inputs must share one device")
-    if x.numel() and x.stride(-1) != 1:
-        raise ValueError(f"{name} must be contiguous along its last dimension (stride 1), got strides "
-                         f"{tuple(x.stride())}; call .contiguous()")
+def _empty_like_layout(x: torch.Tensor, dtype) -> torch.Tensor:
+    """A dense (batch, channels, L) tensor laid out like ``x``: time-major if x is (the model's views)."""
+    if x.stride(1) < x.stride(2):
+        return torch.empty(x.shape[0], x.shape[2], x.shape[1], device=x.device, dtype=dtype).transpose(1, 2)
+    return torch.empty(x.shape, device=x.device, dtype=dtype)
 
 
-def validate_triton_inputs(u, delta, A, B, C, D, z, delta_bias, reset_every, fold):
-    """Raise a clear error naming the bad argument; returns (batch, channels, length, n_state, groups)."""
-    if not isinstance(u, torch.Tensor):
-        raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
-    device = u.device
-    _check_arg("u", u, ndims=(3,), device=device)
-    batch, channels, length = u.shape
-    if device.type != "cuda" and not interpreting():
-        raise RuntimeError(f"u is on {device}: the Triton scan needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
-    _check_arg("delta", delta, ndims=(3,), device=device)
-    _check_arg("A", A, ndims=(2,), device=device)
-    _check_arg("B", B, ndims=(2, 3, 4), device=device)
-    _check_arg("C", C, ndims=(2, 3, 4), device=device)
-    _check_arg("D", D, ndims=(1,), device=device, optional=True)
-    _check_arg("z", z, ndims=(3,), device=device, optional=True)
-    _check_arg("delta_bias", delta_bias, ndims=(1,), device=device, optional=True)
-    if tuple(delta.shape) != tuple(u.shape):
-        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
-    if z is not None and tuple(z.shape) != tuple(u.shape):
-        raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
-    if A.shape[0] != channels:
-        raise ValueError(f"A must be (channels={channels}, d_state), got {tuple(A.shape)}")
-    n_state = A.shape[1]
-    if n_state < 1:
-        raise ValueError(f"A must have d_state >= 1, got {tuple(A.shape)}")
-    groups = None
-    for name, x in (("B", B), ("C", C)):
-        if x.dim() == 2:
-            expected, g = (channels, n_state), channels
-        elif x.dim() == 3:
-            expected, g = (batch, n_state, length), 1
-        else:
-            g = x.shape[1]
-            if g < 1 or channels % g:
-                raise ValueError(f"{name} has {g} groups, which must divide channels={channels}")
-            expected = (batch, g, n_state, length)
-        if tuple(x.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-        if groups is not None and g != groups:
-            raise ValueError(f"B and C must have the same layout/groups, got shapes {tuple(B.shape)} and {tuple(C.shape)}")
-        groups = g
-    for name, x in (("D", D), ("delta_bias", delta_bias)):
-        if x is not None and tuple(x.shape) != (channels,):
-            raise ValueError(f"{name} must have shape ({channels},), got {tuple(x.shape)}")
-    if not isinstance(fold, int) or isinstance(fold, bool) or fold < 1:
-        raise ValueError(f"fold must be a positive int, got {fold!r}")
-    if reset_every is not None:
-        if not isinstance(reset_every, int) or isinstance(reset_every, bool) or reset_every < 1:
-            raise ValueError(f"reset_every must be a positive int or None, got {reset_every!r}")
-        k = min(fold, batch) if batch else 1
-        for rows in sorted({k, batch % k} - {0}):
-            if (rows * length) % reset_every:
-                raise ValueError(f"reset_every={reset_every} must divide the folded sequence length "
-                                 f"{rows * length} ({rows} row(s) of length {length} folded)")
-    return batch, channels, length, n_state, groups
-
-
-def _as_grouped(x: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """B or C as (batch, G, N, L) with unit stride along L (a view, except for fixed (D, N) ones)."""
+def _bc_strides(x: torch.Tensor):
+    """(s_b, s_g, s_n, s_l) for variable B/C ((batch, N, L) or (batch, G, N, L)); (s_d, 0, s_n, 0) for fixed."""
+    if x.dim() == 2:
+        return x.stride(0), 0, x.stride(1), 0
     if x.dim() == 3:
-        return x.unsqueeze(1)
-    if x.dim() == 2:  # fixed per-channel B/C: materialise as D groups of one channel each
-        return x[None, :, :, None].expand(batch, -1, -1, length).contiguous()
-    return x
+        return x.stride(0), 0, x.stride(1), x.stride(2)
+    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+
+
+def _groups(B, C) -> int:
+    for x in (B, C):
+        if x.dim() == 4:
+            return x.shape[1]
+    return 1
 
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every, fold, block_t, block_d,
-                save):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reset_every, fold):
         batch, channels, length = u.shape
         n_state = A.shape[1]
-        Bg, Cg = _as_grouped(B, batch, length), _as_grouped(C, batch, length)
-        groups = Bg.shape[1]
-        k = max(1, min(fold, batch))
-        n_groups = triton.cdiv(batch, k)
-        block_n = triton.next_power_of_2(n_state)
-        block_d = pick_block_d(channels // groups, block_n, block_d)
-        block_t = block_t or pick_block_t(k * length, block_d * block_n)
-        n_tiles_max = triton.cdiv(k * length, block_t)
-        A_c = A.contiguous()
-        out = torch.empty(batch, channels, length, device=u.device, dtype=u.dtype)
-        hs = (torch.empty(n_groups, channels, n_tiles_max, n_state, device=u.device, dtype=torch.float32)
-              if save else out)
+        groups = _groups(B, C)
+        cpg = channels // groups
+        k = max(1, min(int(fold), batch)) if batch else 1
+        cfg = launch_config(length, n_state, cpg, reset_every)
+        n_rg = triton.cdiv(batch, k)
+        n_dblocks = triton.cdiv(cpg, cfg["BLOCK_D"])
+        save = any(ctx.needs_input_grad[:8])
+        n_ckpt = triton.cdiv(k * length, cfg["CKPT"])
+        out = _empty_like_layout(u, u.dtype)
+        hs = torch.empty(n_rg, n_ckpt, cfg["N"], channels, device=u.device, dtype=torch.float32) if save else out
+        last = torch.zeros(batch, channels, n_state, device=u.device, dtype=torch.float32) if return_last_state else out
+        dummy = A
         zz = z if z is not None else u
+        sB, sC = _bc_strides(B), _bc_strides(C)
         if batch and channels and length:
-            _scan_fwd_kernel[(n_groups, channels // block_d)](
-                u, delta, A_c, Bg, Cg, D if D is not None else A_c, zz,
-                delta_bias if delta_bias is not None else A_c, out, hs,
-                batch, length, n_state, channels, channels // groups, k, reset_every or 1, n_tiles_max,
-                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-                out.stride(0), out.stride(1),
-                Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1), Cg.stride(2),
+            _scan_fwd_kernel[(n_rg, groups * n_dblocks)](
+                u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+                zz, out, hs, last,
+                batch, length, n_state, channels, cpg, n_dblocks, k, reset_every or 1, n_ckpt,
+                *u.stride(), *delta.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
+                last.stride(0), last.stride(1),
+                N=cfg["N"], BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CHUNK"], CKPT=cfg["CKPT"], EVEN_D=cfg["EVEN_D"],
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), HAS_RESET=reset_every is not None, SAVE_HS=save,
-                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_d * block_n, BLOCK_T=block_t,
-                num_warps=num_warps_for(block_d * block_n, block_t),
+                SOFTPLUS=bool(delta_softplus), HAS_RESET=reset_every is not None,
+                B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2, SAVE_HS=save, SAVE_LAST=bool(return_last_state),
+                FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
+                SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
+                num_warps=cfg["num_warps"], maxnreg=None if save else FWD_MAX_REGS,  # the cap spills with checkpoints
             )
         if save:
-            ctx.save_for_backward(u, delta, A_c, B, C, D, z, delta_bias, hs)
-            ctx.config = (bool(delta_softplus), reset_every, k, block_t, block_d, n_tiles_max)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hs)
+            ctx.config = (bool(delta_softplus), reset_every, k, cfg, n_ckpt)
+        if return_last_state:
+            ctx.mark_non_differentiable(last)
+            return out, last
         return out
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, dout, *_ignored_last_state_grad):
         u, delta, A, B, C, D, z, delta_bias, hs = ctx.saved_tensors
-        softplus, reset_every, k, block_t, block_d, n_tiles_max = ctx.config
+        softplus, reset_every, k, cfg, n_ckpt = ctx.config
         batch, channels, length = u.shape
         n_state = A.shape[1]
-        Bg, Cg = _as_grouped(B, batch, length), _as_grouped(C, batch, length)
-        groups = Bg.shape[1]
-        n_groups = triton.cdiv(batch, k)
-        block_n = triton.next_power_of_2(n_state)
-        dout = dout.contiguous()
-        du = torch.empty(batch, channels, length, device=u.device, dtype=u.dtype)
-        ddelta = torch.empty(batch, channels, length, device=u.device, dtype=delta.dtype)
-        dz = torch.empty(batch, channels, length, device=u.device, dtype=z.dtype) if z is not None else None
-        dB32 = torch.zeros(batch, groups, n_state, length, device=u.device, dtype=torch.float32)
-        dC32 = torch.zeros_like(dB32)
-        dA_part = torch.empty(n_groups, channels, n_state, device=u.device, dtype=torch.float32)
-        dD_part = torch.empty(n_groups, channels, device=u.device, dtype=torch.float32)
+        groups = _groups(B, C)
+        cpg = channels // groups
+        n_rg = triton.cdiv(batch, k)
+        n_dblocks = triton.cdiv(cpg, cfg["BLOCK_D"])
+        dev = u.device
+        du = _empty_like_layout(u, u.dtype)
+        ddelta = _empty_like_layout(delta, delta.dtype)
+        dz = _empty_like_layout(z, z.dtype) if z is not None else None
+        var_bc = B.dim() > 2 or C.dim() > 2
+        dBC = torch.zeros(2 if var_bc else 0, batch, groups, n_state, length, device=dev, dtype=torch.float32)
+        dB32 = dBC[0] if B.dim() > 2 else None
+        dC32 = dBC[1] if C.dim() > 2 else None
+        dA_part = torch.empty(n_rg, channels, cfg["N"], device=dev, dtype=torch.float32)  # N padded to a power of 2
+        dD_part = torch.empty(n_rg, channels, device=dev, dtype=torch.float32)
         ddbias_part = torch.empty_like(dD_part)
+        dBf_part = torch.empty_like(dA_part) if B.dim() == 2 else None
+        dCf_part = torch.empty_like(dA_part) if C.dim() == 2 else None
+        dummy = dA_part
         zz = z if z is not None else u
+        dzz = dz if dz is not None else du
+        sB, sC = _bc_strides(B), _bc_strides(C)
+        sdB = dBC.stride()[1:] if var_bc else (0, 0, 0, 0)
         if batch and channels and length:
-            _scan_bwd_kernel[(n_groups, channels // block_d)](
-                u, delta, A, Bg, Cg, D if D is not None else A, zz,
-                delta_bias if delta_bias is not None else A, hs, dout,
-                du, ddelta, dz if dz is not None else du, dB32, dC32, dA_part, dD_part, ddbias_part,
-                batch, length, n_state, channels, channels // groups, k, reset_every or 1, n_tiles_max,
-                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-                dout.stride(0), dout.stride(1),
-                Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1), Cg.stride(2),
-                dB32.stride(0), dB32.stride(1), dB32.stride(2),
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-                SOFTPLUS=softplus, HAS_RESET=reset_every is not None,
-                REVERSE_BY_FLIP=not reverse_scan_is_native(u.device, block_d * block_n, block_t),
-                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_d * block_n, BLOCK_T=block_t,
-                num_warps=num_warps_for(block_d * block_n, block_t),
+            _scan_bwd_kernel[(n_rg, groups * n_dblocks)](
+                u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+                zz, hs, dout, du, ddelta, dzz, dB32 if dB32 is not None else dummy,
+                dC32 if dC32 is not None else dummy, dA_part, dD_part, ddbias_part,
+                dBf_part if dBf_part is not None else dummy, dCf_part if dCf_part is not None else dummy,
+                batch, length, n_state, channels, cpg, n_dblocks, k, reset_every or 1, n_ckpt,
+                *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(), *du.stride(), *ddelta.stride(),
+                *dzz.stride(), *A.stride(), *sB, *sC, *sdB,
+                N=cfg["N"], BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CKPT"], EVEN_D=cfg["EVEN_D"],
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=softplus,
+                HAS_RESET=reset_every is not None, B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2,
+                FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, dout, du, ddelta, dzz, B, C, dBC),
+                SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, dout, du, ddelta, dzz], [B, C]),
+                num_warps=cfg["num_warps"],
             )
         else:
-            dA_part.zero_(), dD_part.zero_(), ddbias_part.zero_()
+            for t in (dA_part, dD_part, ddbias_part, dBf_part, dCf_part):
+                if t is not None:
+                    t.zero_()
+            du.zero_(), ddelta.zero_()
+            if dz is not None:
+                dz.zero_()
 
-        def reduce_bc(g32, like):
-            if like.dim() == 2:  # fixed (D, N): sum over batch and time
-                return g32.sum(dim=(0, 3)).to(like.dtype)
-            return g32.reshape(like.shape).to(like.dtype)
+        def grad_bc(x, g32, part):
+            if x.dim() == 2:
+                return part[..., :n_state].sum(0).to(x.dtype)
+            return g32.reshape(x.shape).to(x.dtype)
 
-        dA = dA_part.sum(0).to(A.dtype)
+        dA = dA_part[..., :n_state].sum(0).to(A.dtype)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else None
         ddbias = ddbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-        return (du, ddelta, dA, reduce_bc(dB32, B), reduce_bc(dC32, C), dD, dz, ddbias,
-                None, None, None, None, None, None)
+        return (du, ddelta, dA, grad_bc(B, dB32, dBf_part), grad_bc(C, dC32, dCf_part), dD, dz, ddbias,
+                None, None, None, None)
 
 
-def selective_scan_triton(u, delta, A, B, C, z=None, fold=1, D=None, delta_bias=None, delta_softplus=True,
-                          reset_every=None, *, block_t=None, block_d=None):
-    """Segmented, logically folded selective scan on Triton (differentiable).
+def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reset_every,
+                          fold):
+    """The Triton backend (the contract's impl signature; the interface has validated the inputs).
 
-    Args:
-        u, delta, z: (batch, channels, L), fp16/bf16/fp32, unit stride along L.
-        A: (channels, N). B, C: (batch, N, L), (batch, G, N, L) or fixed (channels, N).
-        D, delta_bias: (channels,). delta_softplus: apply softplus(delta + delta_bias).
-        reset_every: T; the state restarts at every folded position t with t % T == 0.
-        fold: k; rows [p*k, (p+1)*k) of the batch are scanned as one sequence of k*L tokens (the
-            last group holds batch % k rows). With reset_every=L the result equals fold=1.
-        block_t: time tile (power of 2 >= 16); default from :func:`pick_block_t`.
-        block_d: channels per program (power of 2 dividing channels/groups); default from
-            :func:`pick_block_d` or ``SF_MAMBA_SCAN_BLOCK_D``. Both are for tests and tuning.
-    Returns:
-        out: (batch, channels, L) in u.dtype. State and accumulation are fp32.
+    u, delta, z: (batch, channels, L) fp16/bf16/fp32 with any strides (read in place, never copied);
+    A (channels, N) fp32; B, C each (channels, N) fixed or (batch, N, L) / (batch, G, N, L) variable;
+    D, delta_bias (channels,) or None; reset_every None or T >= 1; fold k >= 1 (logical: rows
+    [p*k, (p+1)*k) are scanned as one sequence). Returns out (batch, channels, L) in u's dtype and
+    layout, plus last_state (batch, channels, N) fp32 (each row's state after its last token) when
+    ``return_last_state``.
     """
-    validate_triton_inputs(u, delta, A, B, C, D, z, delta_bias, reset_every, fold)
-    if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
-        raise ValueError(f"block_t must be a power of 2 >= 16, got {block_t}")
-    # hs (the per-tile carries) is only saved when a backward can follow
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset_every,
-                                      fold, block_t, block_d, save)
+    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                      reset_every, fold)
