@@ -170,6 +170,28 @@ def test_mmcv_lite_refusal_names_the_ops_and_the_fix(tmp_path, tiny_data, capsys
     assert sorted(p.name for p in work.iterdir()) == ["metrics.json"]
 
 
+def test_refusal_without_the_extension_is_the_only_line(tmp_path, tiny_data):
+    """A fresh process where `mmcv._ext` cannot be imported at all (as with mmcv-lite): exit 2 and
+    exactly one line on stderr -- no stub warning, no traceback."""
+    hide_ext = (
+        "import importlib.abc, sys\n"
+        "class NoExt(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'mmcv._ext':\n"
+        "            raise ModuleNotFoundError(\"No module named 'mmcv._ext'\", name=name)\n"
+        "sys.meta_path.insert(0, NoExt())\n"
+        "from sf_mamba.cli import main\n"
+        f"sys.exit(main(['det-train', '--config', {SMOKE!r}, '--work-dir', {str(tmp_path / 'w')!r},"
+        f" '--data-root', {str(tiny_data)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", hide_ext], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sf_mamba det-train: error: det-train needs mmcv's compiled ops "
+                                                   "(nms, roi_align_forward, roi_align_backward)"), lines
+    assert not (tmp_path / "w").exists()
+
+
 def test_one_op_missing_is_named(monkeypatch):
     import types
 

@@ -88,11 +88,11 @@ def load_config(args: argparse.Namespace, task: Task = SEG, command: str | None 
     """Config.fromfile + --cfg-options + --data-root + work_dir/launcher; imports custom modules."""
     from sf_mamba.openmmlab.compat import MmcvOpsUnavailable, ensure_mmcv_ops
 
+    check_ops(task, command or f"{task.name}-train")  # first: a refusal is the only line printed
     try:
         ensure_mmcv_ops()
     except MmcvOpsUnavailable as err:
         raise BadInput(str(err)) from err
-    check_ops(task, command or f"{task.name}-train")
     from mmengine.config import Config
 
     if not os.path.isfile(args.config):
