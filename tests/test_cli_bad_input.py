@@ -28,6 +28,11 @@ def files(tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(data[: len(data) // 2])  # a torch.save cut short
     torch.save([1, 2, 3], tmp_path / "a_list.pth")
     (tmp_path / "notes.txt").write_text("not json\n")
+    from PIL import Image
+
+    for cls in ("a", "b", "c"):  # a valid val split (ImageFolder layout), so eval gets to the checkpoint
+        (tmp_path / "images" / "val" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / "val" / cls / "0.png")
     (tmp_path / "manifest.json").write_text("[]\n")
     return tmp_path
 
@@ -66,40 +71,36 @@ def test_bench_bad_input(case, files, capsys):
     assert_bad_input(capsys, "bench", case, files)
 
 
-EVAL_DATA = ["--data-dir", "/nonexistent/data"]
+def eval_data(t):  # a valid val split: eval then gets to the checkpoint
+    return ["--data-dir", t / "images"]
 
 
 @pytest.mark.parametrize("case", [c.param() for c in [
-    BadInput("missing-checkpoint", lambda t: [t / "missing.pth", *EVAL_DATA], ["checkpoint", "missing.pth", "not found"]),
-    BadInput("text-file", lambda t: [t / "not_a_checkpoint.pth", *EVAL_DATA],
+    BadInput("missing-checkpoint", lambda t: [t / "missing.pth", *eval_data(t)], ["checkpoint", "missing.pth", "not found"]),
+    BadInput("text-file", lambda t: [t / "not_a_checkpoint.pth", *eval_data(t)],
              ["not_a_checkpoint.pth", "is not a readable PyTorch checkpoint"]),
-    BadInput("corrupt-checkpoint", lambda t: [t / "corrupt.pth", *EVAL_DATA],
+    BadInput("corrupt-checkpoint", lambda t: [t / "corrupt.pth", *eval_data(t)],
              ["corrupt.pth", "is not a readable PyTorch checkpoint"]),
-    BadInput("directory", lambda t: [t / "a_directory.pth", *EVAL_DATA], ["a_directory.pth", "is not a file"]),
-    BadInput("not-a-state-dict", lambda t: [t / "a_list.pth", "--model", "sf_mamba_micro", *EVAL_DATA],
+    BadInput("directory", lambda t: [t / "a_directory.pth", *eval_data(t)], ["a_directory.pth", "is not a file"]),
+    BadInput("not-a-state-dict", lambda t: [t / "a_list.pth", "--model", "sf_mamba_micro", *eval_data(t)],
              ["a_list.pth", "holds no state_dict"]),
-    BadInput("state-dict-needs-model", lambda t: [t / "small.pth", *EVAL_DATA], ["a plain state_dict needs --model"]),
-    BadInput("unknown-model", lambda t: [t / "small.pth", "--model", "sf_mamba_nope", *EVAL_DATA],
+    BadInput("state-dict-needs-model", lambda t: [t / "small.pth", *eval_data(t)], ["a plain state_dict needs --model"]),
+    BadInput("unknown-model", lambda t: [t / "small.pth", "--model", "sf_mamba_nope", *eval_data(t)],
              ["unknown model 'sf_mamba_nope'"]),
-    BadInput("checkpoint-does-not-fit", lambda t: [t / "small.pth", "--model", "sf_mamba_micro", *EVAL_DATA],
+    BadInput("checkpoint-does-not-fit", lambda t: [t / "small.pth", "--model", "sf_mamba_micro", *eval_data(t)],
              ["small.pth", "does not fit sf_mamba_micro", "Missing key(s)"]),
     BadInput("ema-of-a-plain-state-dict", lambda t: [t / "small.pth", "--model", "sf_mamba_micro", "--use-ema",
-                                                     *EVAL_DATA], ["--use-ema needs a checkpoint written by sf_mamba train"]),
-    BadInput("unwritable-out", lambda t: [t / "small.pth", *EVAL_DATA, "--out", out(t)], ["--out", "cannot be written"],
+                                                     *eval_data(t)], ["--use-ema needs a checkpoint written by sf_mamba train"]),
+    BadInput("unwritable-out", lambda t: [t / "small.pth", *eval_data(t), "--out", out(t)], ["--out", "cannot be written"],
              lambda t: [out(t)]),
 ]])
 def test_eval_bad_input(case, files, capsys):
     assert_bad_input(capsys, "eval", case, files)
 
 
-def test_eval_bad_data_dir_after_a_good_checkpoint(files, capsys):
-    """A checkpoint that fits, data that does not exist: the line names --data-dir."""
-    import timm
-
-    import sf_mamba  # noqa: F401
-
-    torch.save(timm.create_model("sf_mamba_micro", num_classes=3).state_dict(), files / "micro.pth")
-    case = BadInput("no-data", lambda t: [t / "micro.pth", "--model", "sf_mamba_micro", *EVAL_DATA],
+def test_eval_bad_data_dir(files, capsys):
+    """Data that does not exist: the line names --data-dir (checked before the checkpoint is read)."""
+    case = BadInput("no-data", lambda t: [t / "small.pth", "--model", "sf_mamba_micro", "--data-dir", "/nonexistent/data"],
                     ["--data-dir", "/nonexistent/data", "does not exist"])
     assert_bad_input(capsys, "eval", case, files)
 

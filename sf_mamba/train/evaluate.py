@@ -31,14 +31,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name
     from sf_mamba.train.loop import validate as evaluate
     from sf_mamba.utils.cli import create_model, fail, load_checkpoint, shorten
 
-    def data_layout() -> dict:
-        try:
-            return check_imagefolder(data_dir, need_train=False)
-        except DataLayoutError as err:
-            fail(f"--data-dir: {err}")
-
     checkpoint = Path(checkpoint)
-    ck = load_checkpoint(checkpoint)  # the checkpoint first: it names the model that the data must fit
+    try:
+        layout = check_imagefolder(data_dir, need_train=False)
+    except DataLayoutError as err:
+        fail(f"--data-dir: {err}")
+    ck = load_checkpoint(checkpoint)
     data_args: dict = {}
     kwargs = dict(model_kwargs or {})
     if isinstance(ck, dict) and "model" in ck and "config_sha256" in ck:  # sf_mamba train checkpoint
@@ -68,7 +66,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name
         if model_name is None:
             fail("a plain state_dict needs --model")
         head = [v for k, v in state.items() if k.endswith("head.weight")]
-        num_classes = head[0].shape[0] if head else len(data_layout()["classes"])
+        num_classes = head[0].shape[0] if head else len(layout["classes"])
     if use_ema and "config_sha256" not in (ck if isinstance(ck, dict) else {}):
         fail("--use-ema needs a checkpoint written by sf_mamba train")
     model = create_model(model_name, {"num_classes": num_classes, **kwargs})
@@ -76,7 +74,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         fail(f"checkpoint {str(checkpoint)!r} does not fit {model_name}: {shorten(err)}")
-    data_layout()
     if img_size is not None:
         data_args["input_size"] = (3, img_size, img_size)
     if crop_pct is not None:
