@@ -70,7 +70,7 @@ def test_training_forward_budget(rows):
             assert row["sass_per_element"] <= FWD_BUDGET, (_label(row), row["sass_per_element"])
 
 
-@pytest.mark.xfail(strict=True, reason="the backward spends ~48 SASS instructions per element on sm_90 "
+@pytest.mark.xfail(strict=True, reason="the backward spends 43-46 SASS instructions per element on sm_90 "
                    "(the dB/dC sums over channels are warp shuffles); the budget is 36")
 def test_backward_budget(rows):
     for row in rows[90]:
