@@ -41,8 +41,11 @@ def interpreter():
         os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
 
 
-def make_inputs(batch, channels, n_state, length, **options):
-    return make_scan_inputs(batch, channels, n_state, length, **options)
+def make_inputs(batch, channels, n_state, length, c_groups=None, **options):
+    inputs = make_scan_inputs(batch, channels, n_state, length, **options)
+    if c_groups:  # C with its own group count (B stays (batch, N, L))
+        inputs["C"] = make_scan_inputs(batch, channels, n_state, length, groups=c_groups, seed=99)["C"]
+    return inputs
 
 
 def triton_fn(fold, reset_every, softplus=True, last=False):
@@ -102,6 +105,8 @@ CASES = {
     "fixed_b_variable_c": (3, 2, 4, 9, 3, 9, dict(fixed_b=True)),
     "variable_b_fixed_c": (3, 2, 4, 9, 3, 9, dict(fixed_c=True)),
     "fixed_b_and_c": (2, 2, 4, 6, 2, 6, dict(fixed_b=True, fixed_c=True)),
+    # B (batch, N, L) shared by all channels, C in 2 groups
+    "b_one_group_c_two_groups": (2, 4, 4, 6, 2, 6, dict(c_groups=2)),
     # S4D-real A = -(1..N) with larger delta: decays near 0
     "s4d_decays": (2, 2, 8, 10, 2, 10, dict(s4d=True)),
     # 40 channels: a full 32-channel block and a partial one (channel masks); N=16

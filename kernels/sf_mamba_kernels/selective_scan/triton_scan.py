@@ -734,7 +734,9 @@ class _SelectiveScanTriton(torch.autograd.Function):
         def grad_bc(x, g32, part):
             if x.dim() == 2:
                 return part[..., :n_state].sum(0).to(x.dtype)
-            return g32.reshape(x.shape).to(x.dtype)
+            if x.dim() == 3:  # one group shared by the other operand's G groups
+                return g32.sum(1).to(x.dtype)
+            return g32.to(x.dtype)
 
         dA = dA_part[..., :n_state].sum(0).to(A.dtype)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else None
