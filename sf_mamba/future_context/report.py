@@ -153,12 +153,13 @@ def scale_note(designs: pd.DataFrame) -> str:
     if not len(designs):
         return "no runs"
     epochs = sorted({int(e) for v in designs["epochs"] for e in v})
-    seeds = sorted({int(s) for p in designs["paths"] for s in p})
+    per_design = sorted({len(p) for p in designs["paths"]})
     params = [np.mean(v) for v in designs["params_m"] if v]
     if not params:
         return "no finished runs"
     return (f"scale: ~{np.mean(params):.2f}M-parameter models, digits at 128 px, "
-            f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}, "
+            f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, "
+            f"{'–'.join(map(str, sorted({per_design[0], per_design[-1]})))} seed(s) per design, "
             f"CPU — evidence on the mechanism, far below the paper's ImageNet scale")
 
 

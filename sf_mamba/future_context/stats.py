@@ -117,7 +117,7 @@ def verdict_matches_multiscan(vs: dict[str, dict], cost: dict[str, str], margin:
     worse = [k for k, v in have.items() if v["hi"] < -margin]
     matched = [k for k, v in have.items() if v["lo"] > -margin]
     if worse:
-        return NOT_SUPPORTED, f"swap worse than {', '.join(worse)}; " + "; ".join(parts)
+        return NOT_SUPPORTED, f"swap worse than {' / '.join(worse)}; " + "; ".join(parts)
     if len(matched) == len(have):
         return SUPPORTED, "; ".join(parts)
     return INCONCLUSIVE, "; ".join(parts)
