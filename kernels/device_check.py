@@ -13,7 +13,7 @@ GPU mode, in order (``--budget-s`` is a deadline: later stages skip what does no
    outputs, last states and all 8 gradients with mamba_ssm's tolerances: fp32/fp16/bf16, L = 49 /
    197, N = 8 / 16, groups, fixed B with variable C, ragged fold groups, resets at tile start / end /
    mid-tile, T = 1, S4D decays; the backward's reverse scan over many tiles (L = 1000, a 5 x 197
-   fold) in every reverse mode the kernel offers; fold invariance; strided (model-layout) inputs;
+   fold, a ragged fold without reset); fold invariance; strided (model-layout) inputs;
    a non-finite image does not leak into its fold group; 'auto' picks Triton; mamba_ssm's CUDA
    scan when installed; the dB/dC atomics spread;
 2. the fold LUT (:func:`bench.measure_lut_entries`), written to ``--lut-out``;
@@ -79,12 +79,9 @@ def compare_with_reference(inputs, fold, reset_every, softplus=True):
     out, grads = run_with_grads(scan_fn("triton", fold, reset_every, softplus), inputs)
     got, expected = {"out": out, **grads}, {"out": ref_out, **ref_grads}
     tolerances = mamba_tolerances(dtype, inputs["z"] is not None, inputs["B"].dim() > 2, inputs["C"].dim() > 2)
-    try:  # the last state, if the kernel returns it
-        with torch.no_grad():
-            _, got["last_state"] = scan_fn("triton", fold, reset_every, softplus, True)(**inputs)
-            _, expected["last_state"] = scan_fn("reference", fold, reset_every, softplus, True)(**inputs)
-    except NotImplementedError:
-        pass
+    with torch.no_grad():
+        _, got["last_state"] = scan_fn("triton", fold, reset_every, softplus, True)(**inputs)
+        _, expected["last_state"] = scan_fn("reference", fold, reset_every, softplus, True)(**inputs)
     worst = worst_excess(got, expected, tolerances)
     return all(v <= 0 for v in worst.values()), {k: round(v, 6) for k, v in worst.items()}
 
@@ -126,28 +123,16 @@ def reverse_cases(cpu):
             ("fp32 k=3 L=199 ragged, no reset (state crosses images)", 7, 8, 8, 199, 3, None, torch.float32, {})]
 
 
-def reverse_modes():
-    """The reverse-scan formulations the kernel can be forced into (one run each), else the default."""
-    from sf_mamba_kernels.selective_scan import triton_scan
-
-    return ("native", "flip") if hasattr(triton_scan, "reverse_scan_is_native") else (None,)
-
-
-def check_cases(cases, device, label, modes=(None,)):
+def check_cases(cases, device, label):
     rows = []
     for name, batch, channels, n_state, length, fold, reset_every, dtype, opts in cases:
         inputs = make_scan_inputs(batch, channels, n_state, length, dtype=dtype, device=device, **opts)
-        for mode in modes:
-            if mode:
-                os.environ["SF_MAMBA_SCAN_REVERSE"] = mode
-            check = f"{label}: {name}" + (f" (reverse={mode})" if mode else "")
-            try:
-                ok, worst = compare_with_reference(inputs, fold, reset_every)
-                rows.append({"check": check, "ok": ok, "worst_excess": worst})
-            except Exception as err:  # one failing case must not hide the others
-                rows.append({"check": check, "ok": False, "error": f"{type(err).__name__}: {err}"[:300]})
-            finally:
-                os.environ.pop("SF_MAMBA_SCAN_REVERSE", None)
+        check = f"{label}: {name}"
+        try:
+            ok, worst = compare_with_reference(inputs, fold, reset_every)
+            rows.append({"check": check, "ok": ok, "worst_excess": worst})
+        except Exception as err:  # one failing case must not hide the others
+            rows.append({"check": check, "ok": False, "error": f"{type(err).__name__}: {err}"[:300]})
     return rows
 
 
@@ -179,19 +164,8 @@ def check_strided_and_nonfinite(device, cpu):
         poisoned["u"][0, :, length // 2] = float("inf")
         out = scan_fn("triton", batch, length)(**poisoned)  # every image in one fold group
         clean = bool(torch.isfinite(out[1:]).all()) and bool(torch.allclose(out[1:], dense[1:], rtol=1e-4, atol=1e-4))
-    row = {"check": "non-finite image does not leak into its fold group", "ok": clean}
-    if not clean and _pre_interface_kernel():
-        row.update(ok=True, known_issue="the pre-#10 Triton kernel resets by a = 0 (0 * inf = NaN); fixed by its rewrite")
-    rows.append(row)
+    rows.append({"check": "non-finite image does not leak into its fold group", "ok": clean})
     return rows
-
-
-def _pre_interface_kernel() -> bool:
-    import inspect
-
-    from sf_mamba_kernels.selective_scan import triton_scan
-
-    return "return_last_state" not in inspect.signature(triton_scan.selective_scan_triton).parameters
 
 
 def check_backend_and_mamba(device):
@@ -398,8 +372,7 @@ def main(argv=None):
             save()
 
     checks = [("scan vs reference", lambda: check_cases(scan_cases(args.cpu), device, "triton vs reference")),
-              ("backward reverse scan", lambda: check_cases(reverse_cases(args.cpu), device, "backward vs reference",
-                                                            reverse_modes())),
+              ("backward reverse scan", lambda: check_cases(reverse_cases(args.cpu), device, "backward vs reference")),
               ("fold invariance", lambda: check_fold_invariance(device, args.cpu)),
               ("strided / non-finite", lambda: check_strided_and_nonfinite(device, args.cpu)),
               ("backend / mamba_ssm", lambda: check_backend_and_mamba(device)),

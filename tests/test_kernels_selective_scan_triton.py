@@ -10,7 +10,6 @@ _INTERPRET_BEFORE = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 
 import importlib  # noqa: E402
-import inspect  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -25,8 +24,6 @@ from sf_mamba_kernels.selective_scan import interpreter_patch  # noqa: E402
 from sf_mamba_kernels.selective_scan.testing import make_scan_inputs  # noqa: E402
 
 pytestmark = pytest.mark.triton
-# the kernel written before the interface has no last state (its rewrite adds it)
-PRE_INTERFACE_KERNEL = "return_last_state" not in inspect.signature(triton_scan.selective_scan_triton).parameters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,10 +55,9 @@ def test_triton_on_mamba_grid_matches_the_oracle(flags):
     inputs = grid_inputs(*flags)
     dout = torch.randn(2, 4, length, generator=torch.Generator().manual_seed(1))
     ref_out, ref_state, ref_grads = oracle_with_grads(inputs, dout, delta_softplus=with_extras)
-    want_state = with_extras and not PRE_INTERFACE_KERNEL
-    out, state, grads = backend_with_grads("triton", inputs, dout, with_extras, return_last_state=want_state)
+    out, state, grads = backend_with_grads("triton", inputs, dout, with_extras, return_last_state=with_extras)
     got, expected = {"out": out, **grads}, {"out": ref_out, **ref_grads}
-    if want_state:
+    if with_extras:
         got["last_state"], expected["last_state"] = state, ref_state
     assert_within_mamba_tolerances(got, expected, torch.float32, inputs)
 

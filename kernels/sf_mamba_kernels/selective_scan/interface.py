@@ -14,9 +14,7 @@ return_last_state, reset_every, fold)`` (positional, no defaults) and accepts th
 
 from __future__ import annotations
 
-import functools
 import importlib
-import inspect
 import os
 from typing import Callable
 
@@ -43,43 +41,7 @@ def _triton_impl() -> Callable | None:
         module = importlib.import_module("sf_mamba_kernels.selective_scan.triton_scan")
     except ImportError:
         return None
-    impl = getattr(module, "selective_scan_triton", None)
-    return None if impl is None else _with_backend_signature(impl)
-
-
-@functools.lru_cache(maxsize=4)
-def _with_backend_signature(impl: Callable) -> Callable:
-    if "return_last_state" in inspect.signature(impl).parameters:
-        return impl
-    return _pre_interface_triton(impl)
-
-
-def _pre_interface_triton(impl: Callable) -> Callable:
-    """Adapter for the Triton kernel written before this interface (keyword signature, unit stride
-    along L, no last state). Goes away when the rewritten kernel with the backend signature lands."""
-
-    def call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reset_every, fold):
-        if return_last_state:
-            raise NotImplementedError("return_last_state is not implemented by this Triton kernel yet")
-        if _bc_layout(B) != _bc_layout(C):  # it needs B and C in one layout: give both one group per channel
-            B, C = (_per_channel_bc(x, *u.shape) for x in (B, C))
-        u, delta, B, C, z = (x if x is None or x.stride(-1) == 1 else x.contiguous() for x in (u, delta, B, C, z))
-        return impl(u, delta, A, B, C, z=z, fold=fold, D=D, delta_bias=delta_bias,
-                    delta_softplus=delta_softplus, reset_every=reset_every)
-
-    return call
-
-
-def _bc_layout(x: torch.Tensor) -> tuple:
-    return ("fixed",) if x.dim() == 2 else ("variable", 1 if x.dim() == 3 else x.shape[1])
-
-
-def _per_channel_bc(x: torch.Tensor, batch: int, channels: int, length: int) -> torch.Tensor:
-    """B or C as (batch, channels, N, L): one group per channel (autograd sums back to x's layout)."""
-    if x.dim() == 2:
-        return x[None, :, :, None].expand(batch, channels, x.shape[1], length)
-    x = x if x.dim() == 4 else x[:, None]
-    return x.repeat_interleave(channels // x.shape[1], dim=1)
+    return getattr(module, "selective_scan_triton", None)
 
 
 def backend_impl(backend: str) -> Callable:
