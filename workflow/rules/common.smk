@@ -22,6 +22,9 @@ def research_question(name, outputs, entries, sheet_rows=False):
     """
     if name in RESEARCH_QUESTIONS:
         raise WorkflowError(f"research question {name!r} is registered twice")
+    caption = os.path.join(workflow.basedir, "workflow", "report", f"{name}.rst")
+    if not os.path.exists(caption):  # found now, not by `snakemake --report` after the whole run
+        raise WorkflowError(f"research question {name!r}: its report caption {caption} is missing")
     RESEARCH_QUESTIONS[name] = {"outputs": list(outputs), "entries": entries, "sheet_rows": sheet_rows}
 
 
