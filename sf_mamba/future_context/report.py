@@ -232,7 +232,9 @@ def figure(result: dict, out: Path, save) -> None:
             means = [np.mean(v) if v else np.nan for v in vals]
             errs = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals]
             positive += [m for m in means if m and m > 0]
-            ax.bar(x + (i - 0.5) * width, means, width, yerr=errs, capsize=3, color=color, label=when)
+            # masses are >= 0: clip the lower bar at 0 (a symlog axis would draw it far below)
+            lower = [min(e, m) if m == m else 0 for e, m in zip(errs, means)]
+            ax.bar(x + (i - 0.5) * width, means, width, yerr=[lower, errs], capsize=3, color=color, label=when)
         if positive:
             ax.set_yscale("symlog", linthresh=min(positive) / 10)
         ax.set_xticks(x, designs["label"], rotation=40, ha="right", fontsize=7)
