@@ -5,10 +5,11 @@ smoke training that beats the untrained model."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from openmmlab_support import resume_round_trip, run_command
 
 import pytest
 
@@ -20,15 +21,6 @@ from sf_mamba.det import data as detdata  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "det" / "smoke.py")
-
-
-def _run(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # the safe path must work without it
-    proc = subprocess.run([sys.executable, "-m", "sf_mamba", *argv], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{argv}\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
-    return proc
 
 
 def _needs_ops():
@@ -51,18 +43,7 @@ def resumed_run(tiny_data, tmp_path_factory):
     """4 iterations (checkpoints at 2 and 4), then the same work dir with max_iters=6: auto-resume."""
     _needs_ops()
     work = tmp_path_factory.mktemp("detrun") / "work"
-    common = ["det-train", "--config", SMOKE, "--work-dir", str(work), "--data-root", str(tiny_data),
-              "--cfg-options", "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=1000",
-              "train_dataloader.batch_size=2"]
-    first = _run(*common, "train_cfg.max_iters=4")
-    first_metrics = json.loads((work / "metrics.json").read_text())
-    second = _run(*common, "train_cfg.max_iters=6")
-    stamp = (work / "metrics.json").stat().st_mtime_ns
-    third = _run(*common, "train_cfg.max_iters=6")  # same config, finished: nothing to do
-    assert (work / "metrics.json").stat().st_mtime_ns == stamp
-    return dict(work=work, first=first, second=second, third=third, first_metrics=first_metrics,
-                metrics=json.loads((work / "metrics.json").read_text()),
-                meta=json.loads((work / "meta.json").read_text()))
+    return resume_round_trip("det-train", SMOKE, work, tiny_data, "train_dataloader.batch_size=2", timeout=600)
 
 
 def test_auto_resume_continues_from_last_checkpoint(resumed_run):
@@ -104,7 +85,7 @@ def test_metrics_and_meta_json(resumed_run, tiny_data):
 
 def test_det_test_reproduces_the_final_val(resumed_run, tmp_path, tiny_data):
     out = tmp_path / "test"
-    _run("det-test", "--config", SMOKE, "--checkpoint", str(resumed_run["work"] / "iter_6.pth"),
+    run_command("det-test", "--config", SMOKE, "--checkpoint", str(resumed_run["work"] / "iter_6.pth"),
          "--work-dir", str(out), "--data-root", str(tiny_data), "--no-flops")
     m = json.loads((out / "metrics.json").read_text())
     meta = json.loads((out / "meta.json").read_text())
@@ -219,17 +200,17 @@ def test_smoke_training_beats_the_untrained_model(tmp_path):
     from mmengine.config import Config
 
     data, work = tmp_path / "data", tmp_path / "work"
-    _run("det-data", "--out", str(data))
+    run_command("det-data", "--out", str(data))
     register_all_modules()
     torch.manual_seed(0)
     untrained = MODELS.build(Config.fromfile(SMOKE).model)
     untrained.init_weights()
     init_ckpt = tmp_path / "untrained.pth"
     torch.save({"state_dict": untrained.state_dict(), "meta": {}}, init_ckpt)
-    _run("det-test", "--config", SMOKE, "--checkpoint", str(init_ckpt), "--work-dir", str(tmp_path / "t0"),
+    run_command("det-test", "--config", SMOKE, "--checkpoint", str(init_ckpt), "--work-dir", str(tmp_path / "t0"),
          "--data-root", str(data), "--no-flops")
     before = json.loads((tmp_path / "t0" / "metrics.json").read_text())
-    proc = _run("det-train", "--config", SMOKE, "--work-dir", str(work), "--data-root", str(data), "--no-flops")
+    proc = run_command("det-train", "--config", SMOKE, "--work-dir", str(work), "--data-root", str(data), "--no-flops")
     after = json.loads((work / "metrics.json").read_text())
     print(f"smoke: box AP {after['box_ap']} mask AP {after['mask_ap']} vs untrained "
           f"{before['box_ap']} / {before['mask_ap']}")

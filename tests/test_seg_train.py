@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
+
+from openmmlab_support import resume_round_trip, run_command
 
 import pytest
 
@@ -23,16 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "seg" / "smoke.py")
 
 
-def _run(*argv: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    # one intra-op thread: the micro model's ops are tiny and 2 threads on a busy 2-core box stall
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # the safe path must work without it
-    proc = subprocess.run([sys.executable, "-m", "sf_mamba", *argv], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{argv}\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("segdata") / "tiny"
@@ -44,17 +34,7 @@ def tiny_data(tmp_path_factory):
 def resumed_run(tiny_data, tmp_path_factory):
     """4 iterations (checkpoints at 2 and 4), then the same work dir with max_iters=6: auto-resume."""
     work = tmp_path_factory.mktemp("segrun") / "work"
-    common = ["seg-train", "--config", SMOKE, "--work-dir", str(work), "--data-root", str(tiny_data),
-              "--cfg-options", "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=1000"]
-    first = _run(*common, "train_cfg.max_iters=4")
-    first_metrics = json.loads((work / "metrics.json").read_text())
-    second = _run(*common, "train_cfg.max_iters=6")
-    stamp = (work / "metrics.json").stat().st_mtime_ns
-    third = _run(*common, "train_cfg.max_iters=6")  # same config, finished: nothing to do
-    assert (work / "metrics.json").stat().st_mtime_ns == stamp
-    return dict(work=work, first=first, second=second, third=third, first_metrics=first_metrics,
-                metrics=json.loads((work / "metrics.json").read_text()),
-                meta=json.loads((work / "meta.json").read_text()))
+    return resume_round_trip("seg-train", SMOKE, work, tiny_data, timeout=400)
 
 
 def test_auto_resume_continues_from_last_checkpoint(resumed_run):
@@ -117,7 +97,7 @@ def test_metrics_and_meta_json(resumed_run, tiny_data):
 
 def test_seg_test_reproduces_the_final_val(resumed_run, tmp_path, tiny_data):
     out = tmp_path / "test"
-    _run("seg-test", "--config", SMOKE, "--checkpoint", str(resumed_run["work"] / "iter_6.pth"),
+    run_command("seg-test", "--config", SMOKE, "--checkpoint", str(resumed_run["work"] / "iter_6.pth"),
          "--work-dir", str(out), "--data-root", str(tiny_data), "--no-flops")
     m = json.loads((out / "metrics.json").read_text())
     meta = json.loads((out / "meta.json").read_text())
@@ -183,10 +163,10 @@ def test_smoke_training_beats_all_background(tmp_path):
     Measured on the dev box: val mIoU 81.95 (mAcc 94.5) vs 43.83 for all-background, ~65 s wall.
     """
     data, work = tmp_path / "data", tmp_path / "work"
-    _run("seg-data", "--out", str(data))
+    run_command("seg-data", "--out", str(data))
     manifest = json.loads((data / "manifest.json").read_text())
     trivial = manifest["trivial_all_background"]
-    proc = _run("seg-train", "--config", SMOKE, "--work-dir", str(work), "--data-root", str(data))
+    proc = run_command("seg-train", "--config", SMOKE, "--work-dir", str(work), "--data-root", str(data))
     m = json.loads((work / "metrics.json").read_text())
     print(f"smoke: mIoU {m['mIoU']:.2f} mAcc {m['mAcc']:.2f} vs all-background mIoU "
           f"{trivial['mIoU']:.2f} mAcc {trivial['mAcc']:.2f}")
