@@ -240,3 +240,53 @@ def test_launch_config_keeps_chunks_inside_rows_and_segments():
     assert triton_scan.launch_config(49, 8, 40, 3)["CHUNK"] == 2
     assert triton_scan.launch_config(49, 16, 6, None)["BLOCK_D"] == 8
     assert not triton_scan.launch_config(49, 16, 40, None)["EVEN_D"]
+
+
+# 32-channel blocks: the backward sums dB/dC over lanes with the reduce-scatter (LANE_REDUCE);
+# V = N * (backward chunk) values per lane: exactly 32, fewer (lanes share an index) and more.
+LANE_CASES = {
+    "v32_reset_mid_chunk": (2, 32, 8, 12, 2, 12, {}),
+    "v16_two_groups_ragged": (3, 64, 4, 6, 2, 6, dict(groups=2)),
+    "v8_backward_chunk_2": (2, 32, 4, 2, 2, 2, {}),
+    "v64_masked_states": (2, 48, 9, 9, 2, 9, {}),
+    "v32_fixed_c_no_reset": (2, 32, 8, 10, 1, None, dict(fixed_c=True)),
+}
+
+
+@pytest.mark.parametrize("lane_reduce", ["1", "0"])
+@pytest.mark.parametrize("case", list(LANE_CASES))
+def test_lane_reduce_scatter_matches_reference(case, lane_reduce, monkeypatch):
+    monkeypatch.setenv(triton_scan.LANE_REDUCE_ENV, lane_reduce)
+    batch, channels, n_state, length, fold, reset_every, opts = LANE_CASES[case]
+    cfg = triton_scan.launch_config(length, n_state, channels // opts.get("groups", 1), reset_every)
+    assert cfg["BLOCK_D"] == 32  # else the case would not reach the reduce-scatter
+    inputs = make_inputs(batch, channels, n_state, length, seed=11, **opts)
+    ref = reference_grads(fold, reset_every, inputs)
+    got = run_with_grads(triton_fn(fold, reset_every), inputs)
+    assert_matches_mamba_tolerances(ref, got, torch.float32, inputs)
+
+
+def test_backward_picks_the_lane_reduce_for_full_warps(monkeypatch):
+    """The launcher asks for the reduce-scatter exactly when a program's channels fill a warp."""
+    seen = []
+    real_kernel = triton_scan._scan_bwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((kwargs["BLOCK_D"], kwargs["LANE_REDUCE"], kwargs["CHANNEL_UNIT"]))
+                return real_kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(triton_scan, "_scan_bwd_kernel", Spy())
+    for channels in (32, 8):
+        inputs = make_inputs(2, channels, 4, 4, seed=1)
+        run_with_grads(triton_fn(1, None), inputs)
+        views = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if k in ("u", "delta", "z") else v)
+                 for k, v in inputs.items()}
+        run_with_grads(triton_fn(1, None), views)
+    monkeypatch.setenv(triton_scan.LANE_REDUCE_ENV, "0")
+    run_with_grads(triton_fn(1, None), make_inputs(2, 32, 4, 4, seed=1))
+    # channel-unit bits (u, delta, z, dout, du, ddelta, dz): the views make all but dout unit-stride
+    views = 1 + 2 + 4 + 16 + 32 + 64
+    assert seen == [(32, True, 0), (32, True, views), (8, False, 0), (8, False, views), (32, False, 0)]

@@ -62,6 +62,55 @@ def _pick(x, idx, k, axis: tl.constexpr):
 
 
 @triton.jit
+def _bfly_exchange(lo, hi, lane, OFFSET: tl.constexpr, FAST: tl.constexpr):
+    """One reduce-scatter step across lanes ``l`` and ``l ^ OFFSET``: a lane with that bit set keeps
+    ``hi`` and adds its partner's ``hi``; the other keeps ``lo`` and adds its partner's ``lo``.
+    One SHFL per kept value instead of five (a butterfly all-reduce), and half the values go."""
+    upper = (lane & OFFSET) != 0
+    keep = tl.where(upper, hi, lo)
+    send = tl.where(upper, lo, hi)
+    if FAST:
+        # the lane mask is an operand (a constant ptxas folds into the SHFL)
+        got = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 31, -1;", "=r,r,r",
+                                        [send, tl.full(send.shape, OFFSET, tl.int32)],
+                                        dtype=tl.float32, is_pure=False, pack=1)
+    else:  # the interpreter: the same exchange as a gather along the lane (channel) axis
+        got = tl.gather(send, (lane ^ OFFSET) + tl.zeros_like(send).to(tl.int32), 1)
+    return keep + got
+
+
+@triton.jit
+def _lane_scatter_index(N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Flattened (state, step) index ``n * CHUNK + t`` that lane ``l`` holds after
+    :func:`_lane_reduce_scatter`: ``l * V / 32 + j`` for V = N * CHUNK values (several per lane when
+    V > 32; when V < 32, 32 / V lanes hold partial sums of one index and all of them add it)."""
+    lane = tl.arange(0, BLOCK_D)[None, :]
+    V: tl.constexpr = N * CHUNK
+    if V >= BLOCK_D:
+        return lane * (V // BLOCK_D) + tl.arange(0, V // BLOCK_D)[:, None]
+    return lane // (BLOCK_D // V)
+
+
+@triton.jit
+def _lane_reduce_scatter(x, N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, FAST: tl.constexpr):
+    """Sum an [N, CHUNK, BLOCK_D] tile over its lanes (channels), leaving the sums spread one per lane
+    (``_lane_scatter_index`` says which): log2(32) exchange rounds that halve the values each time,
+    ~4 instructions per value instead of the 10 of a per-value shuffle tree. Needs BLOCK_D == 32
+    lanes of one warp holding one channel each (the kernels' layout)."""
+    V: tl.constexpr = N * CHUNK
+    y = tl.reshape(x, [V, BLOCK_D])
+    lane = tl.arange(0, BLOCK_D)[None, :]
+    for level in tl.static_range(5):
+        if (V >> level) > 1:
+            y3 = tl.reshape(y, [2, V >> (level + 1), BLOCK_D])
+            i0 = tl.arange(0, 2)[:, None, None]
+            lo = tl.sum(tl.where(i0 == 0, y3, _neg_zero()), 0)
+            hi = tl.sum(tl.where(i0 == 1, y3, _neg_zero()), 0)
+            y = _bfly_exchange(lo, hi, lane, 16 >> level, FAST)
+    return y
+
+
+@triton.jit
 def _log2(x, FAST: tl.constexpr):
     if FAST:  # one MUFU.LG2 (rel. error ~2^-22) instead of libdevice's ~15-instruction polynomial
         return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
@@ -97,6 +146,17 @@ def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED:
     if MASKED:
         return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0).to(tl.float32)
     return tl.load(ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_state_tile(ptrs, s_n, offs_n, mask_d, n_state, N: tl.constexpr):
+    """An (N, BLOCK_D) fp32 tile from N one-dimensional channel loads: a 1-D load has one channel per
+    lane whatever the strides, so no triton version can pick a states-across-lanes layout for it."""
+    tile = tl.zeros([N, ptrs.shape[0]], dtype=tl.float32)
+    for n in tl.static_range(N):
+        row = tl.load(ptrs + n * s_n, mask=mask_d & (n < n_state), other=0.0).to(tl.float32)
+        tile = tl.where(offs_n[:, None] == n, row[None, :], tile)
+    return tile
 
 
 @triton.jit
@@ -214,7 +274,19 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, SAVE_HS: tl.constexpr,
     SAVE_LAST: tl.constexpr, FAST: tl.constexpr, OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
+    CHANNEL_UNIT: tl.constexpr = 0,
 ):
+    # CHANNEL_UNIT bit i: tensor i of (u, delta, z, out) has channel stride 1 (the model's time-major
+    # views). A known unit stride makes every triton version lay the tile out one channel per lane
+    # (3.6 breaks the tie of two unknown strides the other way: states across lanes, shuffles, spills).
+    if CHANNEL_UNIT & 1:
+        su_d = 1
+    if CHANNEL_UNIT & 2:
+        sdt_d = 1
+    if CHANNEL_UNIT & 4:
+        sz_d = 1
+    if CHANNEL_UNIT & 8:
+        so_d = 1
     if SAME_TIME_STRIDES:  # u, delta, z, out (and B, C) share (batch, time) strides: one index computation
         sdt_b = su_b
         sdt_l = su_l
@@ -243,8 +315,7 @@ def _scan_fwd_kernel(
     row0 = pid_r * fold
     total = tl.minimum(fold, batch - row0) * length
 
-    A2 = tl.load(A_ptr + chan[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_n[:, None] & mask_d[None, :],
-                 other=0.0).to(tl.float32) * 1.4426950408889634  # [N, BLOCK_D]
+    A2 = _load_state_tile(A_ptr + chan * sA_d, sA_n, offs_n, mask_d, n_state, N) * 1.4426950408889634
     # placeholders for the operands a flag switches off (never read then)
     d_skip = A2
     bias = A2
@@ -314,7 +385,8 @@ def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
                sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr):
+               HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr,
+               n_state, BLOCK_D: tl.constexpr, LANE_REDUCE: tl.constexpr):
     kk = tl.arange(0, CHUNK)
     kk3 = kk[None, :, None]
     valid_t = (j0 + kk) < total
@@ -389,24 +461,37 @@ def _bwd_chunk(carry, dA_acc, dBf_acc, dCf_acc, dD_acc, dbias_acc,
     if HAS_RESET:
         carry = tl.where(dist == 0, 0.0, carry)
 
-    # 3) local gradients, chunk-wide
+    # 3) local gradients, chunk-wide; dB/dC first, so their tiles die early (the backward sits at the
+    # register cap). dB/dC: summed over this program's channels, then relaxed fp32 atomics.
+    if LANE_REDUCE:  # the sums end one per lane: one atomic instruction for all of them
+        v = _lane_scatter_index(N, CHUNK, BLOCK_D)
+        t_v = v % CHUNK
+        t_dB = _time_offsets(row, pos, length, sdB_b, sdB_l, t_v)
+        ok_v = (v // CHUNK < n_state) & (j0 + t_v < total)
+    else:
+        t_dB = _time_offsets(row, pos, length, sdB_b, sdB_l, kk)[None, :]
+        ok_v = mask_n[:, None] & valid_t[None, :]
+    if C_FIXED:
+        dCf_acc += tl.sum(h_all * dy[None, :, :], 1)
+    elif LANE_REDUCE:
+        tl.atomic_add(dC_base + t_dB, _lane_reduce_scatter(h_all * dy[None, :, :], N, CHUNK, BLOCK_D, FAST),
+                      mask=ok_v, sem="relaxed")
+    else:
+        tl.atomic_add(dC_base + t_dB, tl.sum(h_all * dy[None, :, :], 2), mask=ok_v, sem="relaxed")
+    if B_FIXED:
+        dBf_acc += tl.sum(dh_all * dtu[None, :, :], 1)
+    elif LANE_REDUCE:
+        tl.atomic_add(dB_base + t_dB, _lane_reduce_scatter(dh_all * dtu[None, :, :], N, CHUNK, BLOCK_D, FAST),
+                      mask=ok_v, sem="relaxed")
+    else:
+        tl.atomic_add(dB_base + t_dB, tl.sum(dh_all * dtu[None, :, :], 2), mask=ok_v, sem="relaxed")
     dhah = dh_all * ah3
     dA_acc += tl.sum(dhah * dt3, 1)
     s_A = tl.sum(dhah * A_nat[:, None, :], 0)  # [CHUNK, BLOCK_D]
     if B_FIXED:
         s_B = tl.sum(dh_all * B_fix[:, None, :], 0)
-        dBf_acc += tl.sum(dh_all * dtu[None, :, :], 1)
     else:
         s_B = tl.sum(dh_all * Bc[:, :, None], 0)
-    t_dB = _time_offsets(row, pos, length, sdB_b, sdB_l, kk)
-    if not B_FIXED:  # sum over this program's channels, then one relaxed atomic per (state, token)
-        tl.atomic_add(dB_base + t_dB[None, :], tl.sum(dh_all * dtu[None, :, :], 2),
-                      mask=mask_n[:, None] & valid_t[None, :], sem="relaxed")
-    if C_FIXED:
-        dCf_acc += tl.sum(h_all * dy[None, :, :], 1)
-    else:
-        tl.atomic_add(dC_base + t_dB[None, :], tl.sum(h_all * dy[None, :, :], 2),
-                      mask=mask_n[:, None] & valid_t[None, :], sem="relaxed")
     if HAS_Z:
         if C_FIXED:
             y_pre = tl.sum(h_all * C_fix[:, None, :], 0)
@@ -449,8 +534,24 @@ def _scan_bwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr,
-    OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
+    OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr, CHANNEL_UNIT: tl.constexpr = 0,
+    LANE_REDUCE: tl.constexpr = False,
 ):
+    # CHANNEL_UNIT bit i: tensor i of (u, delta, z, dout, du, ddelta, dz) has channel stride 1 (see the forward)
+    if CHANNEL_UNIT & 1:
+        su_d = 1
+    if CHANNEL_UNIT & 2:
+        sdt_d = 1
+    if CHANNEL_UNIT & 4:
+        sz_d = 1
+    if CHANNEL_UNIT & 8:
+        sdo_d = 1
+    if CHANNEL_UNIT & 16:
+        sdu_d = 1
+    if CHANNEL_UNIT & 32:
+        sddt_d = 1
+    if CHANNEL_UNIT & 64:
+        sdz_d = 1
     # dB/dC (variable): fp32 (batch, G, N, L) buffers with strides sdB_*; the *_part outputs are
     # (fold groups, channels[, N]) fp32, summed over fold groups on the host.
     if SAME_TIME_STRIDES:  # the (batch, time) tensors share strides: one index computation
@@ -491,7 +592,7 @@ def _scan_bwd_kernel(
     row0 = pid_r * fold
     total = tl.minimum(fold, batch - row0) * length
 
-    A_nat = tl.load(A_ptr + chan[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_nd, other=0.0).to(tl.float32)
+    A_nat = _load_state_tile(A_ptr + chan * sA_d, sA_n, offs_n, mask_d, n_state, N)
     A2 = A_nat * 1.4426950408889634
     d_skip = A2
     bias = A2
@@ -505,17 +606,20 @@ def _scan_bwd_kernel(
         d_skip = tl.load(D_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         bias = tl.load(dbias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
-    dB_off = g.to(tl.int64) * sdB_g + offs_n.to(tl.int64) * sdB_n
+    if LANE_REDUCE:  # the (state, step) sums a lane ends up holding (_lane_scatter_index)
+        dB_off = g.to(tl.int64) * sdB_g + (_lane_scatter_index(N, CHUNK, BLOCK_D) // CHUNK).to(tl.int64) * sdB_n
+    else:
+        dB_off = (g.to(tl.int64) * sdB_g + offs_n.to(tl.int64) * sdB_n)[:, None]
     if B_FIXED:
         B_fix = tl.load(B_ptr + chan[None, :] * sB_b + offs_n[:, None] * sB_n, mask=mask_nd, other=0.0).to(tl.float32)
     else:
         B_base = (B_ptr + g.to(tl.int64) * sB_g + offs_n.to(tl.int64) * sB_n)[:, None]
-        dB_base = (dB_ptr + dB_off)[:, None]
+        dB_base = dB_ptr + dB_off
     if C_FIXED:
         C_fix = tl.load(C_ptr + chan[None, :] * sC_b + offs_n[:, None] * sC_n, mask=mask_nd, other=0.0).to(tl.float32)
     else:
         C_base = (C_ptr + g.to(tl.int64) * sC_g + offs_n.to(tl.int64) * sC_n)[:, None]
-        dC_base = (dC_ptr + dB_off)[:, None]
+        dC_base = dC_ptr + dB_off
     hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :] + (offs_n * n_channels)[:, None]
     u_base = (u_ptr + chan * su_d)[None, :]
     dt_base = (dt_ptr + chan * sdt_d)[None, :]
@@ -548,7 +652,8 @@ def _scan_bwd_kernel(
             u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
             hs_tile, N * n_channels, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
             sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
-            N, True, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
+            N, True, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST,
+            n_state, BLOCK_D, LANE_REDUCE)
     for i in range(n_full):
         j0 -= CHUNK
         pos -= CHUNK
@@ -565,7 +670,8 @@ def _scan_bwd_kernel(
             u_base, dt_base, z_base, dout_base, du_base, ddt_base, dz_base, B_base, C_base, dB_base, dC_base,
             hs_tile, N * n_channels, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sdo_b, sdo_l, sdu_b, sdu_l, sddt_b, sddt_l, sdz_b, sdz_l,
             sB_b, sB_l, sC_b, sC_l, sdB_b, sdB_l,
-            N, False, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST)
+            N, False, CHUNK, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED, C_FIXED, FAST,
+            n_state, BLOCK_D, LANE_REDUCE)
 
     part_nd = ((pid_r * n_channels + chan) * N)[None, :] + offs_n[:, None]
     tl.store(dA_part + part_nd, dA_acc, mask=mask_nd)
@@ -583,6 +689,15 @@ def _scan_bwd_kernel(
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+LANE_REDUCE_ENV = "SF_MAMBA_SCAN_LANE_REDUCE"
+
+
+def lane_reduce_enabled() -> bool:
+    """The backward's dB/dC lane reduce-scatter (default on; ``SF_MAMBA_SCAN_LANE_REDUCE=0`` selects the
+    per-value shuffle tree, e.g. to compare the two on a GPU)."""
+    return os.environ.get(LANE_REDUCE_ENV, "1") not in ("0", "")
 
 
 def _prev_pow2(n: int) -> int:
@@ -604,6 +719,11 @@ def _offsets_fit_int32(*tensors) -> bool:
     """True if every element offset of every tensor fits in int32 (the kernels' fast index math)."""
     return all(sum(abs(st) * (n - 1) for st, n in zip(t.stride(), t.shape) if n) < 2**31 - 1
                for t in tensors if t is not None and t.numel())
+
+
+def _channel_unit_bits(*per_channel) -> int:
+    """Bit i set when tensor i's channel stride is 1 (its kernel pointer math then uses a constant)."""
+    return sum(1 << i for i, t in enumerate(per_channel) if t.stride(1) == 1)
 
 
 def _same_time_strides(per_channel, bc) -> bool:
@@ -669,6 +789,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2, SAVE_HS=save, SAVE_LAST=bool(return_last_state),
                 FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
+                CHANNEL_UNIT=_channel_unit_bits(u, delta, zz, out),
                 num_warps=cfg["num_warps"], maxnreg=None if save else FWD_MAX_REGS,  # the cap spills with checkpoints
             )
         if save:
@@ -721,6 +842,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 HAS_RESET=reset_every is not None, B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2,
                 FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, dout, du, ddelta, dzz, B, C, dBC),
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, dout, du, ddelta, dzz], [B, C]),
+                CHANNEL_UNIT=_channel_unit_bits(u, delta, zz, dout, du, ddelta, dzz),
+                LANE_REDUCE=lane_reduce_enabled() and cfg["BLOCK_D"] == 32,
                 num_warps=cfg["num_warps"],
             )
         else:
