@@ -104,6 +104,11 @@ def scan_cases(cpu):
             (f"{tag} L=5 k=4 reset at a tile end", 8, 4, 8, 5, 4, 5, dtype, {}),
         ]
     cases += [
+        ("bf16 model layout L=198 D=160 k=4", 8, 160, 8, 198, 4, 198, torch.bfloat16, dict(layout="model")),
+        ("fp32 model layout L=51 D=320 k=5 no z", 10, 320, 8, 51, 5, 51, torch.float32,
+         dict(layout="model", has_z=False)),
+        ("fp32 D=64 groups=2 N=16 (lane reduce, 2 sums per lane)", 4, 128, 16, 49, 2, 49, torch.float32,
+         dict(groups=2)),
         ("fp32 bare (no z/D/bias)", 6, 8, 8, 49, 2, 49, torch.float32, dict(has_z=False, has_d=False, has_bias=False)),
         ("fp32 fixed B, variable C", 4, 8, 8, 49, 2, 49, torch.float32, dict(fixed_b=True)),
         ("fp32 variable B, fixed C, groups=2", 4, 8, 8, 49, 2, 49, torch.float32, dict(fixed_c=True, groups=2)),
@@ -121,6 +126,29 @@ def reverse_cases(cpu):
     return [("fp32 k=1 L=1000 (reverse over many tiles)", 2, 4, 8, 1000, 1, 1000, torch.float32, {}),
             ("bf16 k=5 L=197 (985-token reverse, resets)", 10, 16, 8, 197, 5, 197, torch.bfloat16, {}),
             ("fp32 k=3 L=199 ragged, no reset (state crosses images)", 7, 8, 8, 199, 3, None, torch.float32, {})]
+
+
+def lane_reduce_off_cases(cpu):
+    """The backward's per-value shuffle-tree path (SF_MAMBA_SCAN_LANE_REDUCE=0), kept as the fallback."""
+    if cpu:
+        return [("fp32 D=32 shuffle-tree dB/dC", 2, 32, 4, 6, 2, 6, torch.float32, {})]
+    return [("bf16 model layout L=198 D=160 k=4, shuffle tree", 8, 160, 8, 198, 4, 198, torch.bfloat16,
+             dict(layout="model")),
+            ("fp32 D=64 groups=2 N=16, shuffle tree", 4, 128, 16, 49, 2, 49, torch.float32, dict(groups=2))]
+
+
+def check_cases_lane_reduce_off(cases, device, label):
+    from sf_mamba_kernels.selective_scan import triton_scan
+
+    before = os.environ.get(triton_scan.LANE_REDUCE_ENV)
+    os.environ[triton_scan.LANE_REDUCE_ENV] = "0"
+    try:
+        return check_cases(cases, device, label)
+    finally:
+        if before is None:
+            os.environ.pop(triton_scan.LANE_REDUCE_ENV)
+        else:
+            os.environ[triton_scan.LANE_REDUCE_ENV] = before
 
 
 def check_cases(cases, device, label):
@@ -221,7 +249,7 @@ def static_us(batch, length, channels, fold, dtype, direction="fwd"):
 
 def time_shape(device, batch, length, channels, dtype, mode, rep_ms, graphs):
     """Measured ms of Triton k=1 and k=LUT for one shape, with the static estimates beside them."""
-    inputs = make_scan_inputs(batch, channels, 8, length, dtype=dtype, has_z=False, device=device)
+    inputs = make_scan_inputs(batch, channels, 8, length, dtype=dtype, has_z=False, device=device, layout="model")
     k = max(1, min(lut.lookup_fold(batch, length, channels, dtype, device), batch))
     row = {"mode": mode, "dtype": lut.dtype_name(dtype), "L": length, "batch": batch, "channels": channels, "k_lut": k}
     for label, fold in (("k1", 1), ("klut", k)):
@@ -294,6 +322,21 @@ def run_model(device, deadline, log):
 # ---------------------------------------------------------------------------------------------- main
 
 
+def kernel_identity() -> dict:
+    """Which kernel source was measured: its sha256 and, where the tree has one, the git commit."""
+    import hashlib
+    import subprocess
+
+    source = REPO / "kernels" / "sf_mamba_kernels" / "selective_scan" / "triton_scan.py"
+    ident = {"triton_scan_sha256": hashlib.sha256(source.read_bytes()).hexdigest()[:16]}
+    try:
+        ident["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                             timeout=10, check=True).stdout.strip()
+    except Exception:  # the device machine's copy of the tree may carry no .git
+        ident["git_commit"] = None
+    return ident
+
+
 def slug(name):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
@@ -327,7 +370,7 @@ def main(argv=None):
 
     report = {"mode": "cpu-interpreter" if args.cpu else "gpu", "torch": torch.__version__,
               "triton": triton.__version__, "correctness": [], "timings": [], "fwdbwd_timings": [],
-              "fold_sweep": [], "lut_entries": [], "model": [], "notes": [
+              "fold_sweep": [], "lut_entries": [], "model": [], "kernel": kernel_identity(), "notes": [
                   "static_us / predicted_*: the static model of the Triton kernel on sm_90 (compiled, not run); "
                   "every *_ms is measured in this run; roofline peaks are spec assumptions"]}
     if args.cpu:
@@ -373,6 +416,8 @@ def main(argv=None):
 
     checks = [("scan vs reference", lambda: check_cases(scan_cases(args.cpu), device, "triton vs reference")),
               ("backward reverse scan", lambda: check_cases(reverse_cases(args.cpu), device, "backward vs reference")),
+              ("shuffle-tree dB/dC", lambda: check_cases_lane_reduce_off(lane_reduce_off_cases(args.cpu), device,
+                                                                        "lane reduce off vs reference")),
               ("fold invariance", lambda: check_fold_invariance(device, args.cpu)),
               ("strided / non-finite", lambda: check_strided_and_nonfinite(device, args.cpu)),
               ("backend / mamba_ssm", lambda: check_backend_and_mamba(device)),
@@ -423,13 +468,28 @@ def main(argv=None):
                 report["notes"].append(f"{mode}: {skipped} timing shapes skipped for the time budget")
 
         stage("fwd+bwd timings", lambda: timings("fwdbwd", bwd_shapes, deadline - reserve - 60))
+
+        def shuffle_tree_timings():
+            """The same fwd+bwd with the dB/dC shuffle-tree fallback: what the reduce-scatter buys."""
+            from sf_mamba_kernels.selective_scan import triton_scan
+
+            os.environ[triton_scan.LANE_REDUCE_ENV] = "0"
+            try:
+                rows = []
+                run_timings(device, args, deadline - reserve - 60, log, rows, "fwdbwd",
+                            [("bfloat16", L, 160 if L > 100 else 320, 128) for L in ints(args.seq_lens)])
+                report["fwdbwd_timings_shuffle_tree"] = rows
+            finally:
+                os.environ.pop(triton_scan.LANE_REDUCE_ENV, None)
+
+        stage("fwd+bwd timings, shuffle-tree dB/dC", shuffle_tree_timings)
         stage("forward timings", lambda: timings("fwd", fwd_shapes, deadline - reserve - 30))
 
         def sweep():
             if time.monotonic() < deadline - reserve:
                 report["fold_sweep"] = bench.fold_sweep([128], [51, 198], [160, 320], [1, 2, 4, 5, 8], d_state=8,
                                                         backend="triton", device=device, dtype=torch.bfloat16,
-                                                        rep_ms=args.rep_ms, atol=5e-2)
+                                                        rep_ms=args.rep_ms, atol=5e-2, layout="model")
 
         stage("fold sweep", sweep)
         if not args.skip_model:

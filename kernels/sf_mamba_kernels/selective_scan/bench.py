@@ -90,7 +90,7 @@ def graph_median_ms(fn: Callable, rep: int) -> float | None:
 def scan_call(inputs: dict, *, fold: int, reset_every, backend: str = "auto", mode: str = "fwd",
               delta_softplus: bool = True) -> Callable:
     """A no-argument callable running one scan: forward under no_grad (``mode='fwd'``) or forward
-    + backward of the sum (``'fwdbwd'``, gradients for u and delta).
+    + backward of a fixed random upstream gradient (``'fwdbwd'``, gradients for u and delta).
 
     The arguments go through :func:`selective_scan_fn` once (validation, backend and fold
     resolution); the callable then calls the backend directly, so a timing is the backend's and
@@ -116,9 +116,13 @@ def scan_call(inputs: dict, *, fold: int, reset_every, backend: str = "auto", mo
             with torch.no_grad():
                 return run()
     else:
+        upstream = {}
+
         def call():
             out = run()
-            out.sum().backward()
+            if "dout" not in upstream:  # a real gradient laid out like out (the model's), not sum()'s stride-0 one
+                upstream["dout"] = torch.randn_like(out)
+            out.backward(upstream["dout"])
             return out
     return call
 
@@ -154,7 +158,8 @@ def predicted_time_us(batch, length, channels, d_state, fold, dtype, direction="
 
 
 def fold_sweep(batch_sizes, lengths, channels, folds, *, d_state=16, repeats=5, warmup=1, backend="torch",
-               device="cpu", dtype=torch.float32, atol=1e-4, seed=0, rep_ms=None, log=None) -> list[dict]:
+               device="cpu", dtype=torch.float32, atol=1e-4, seed=0, rep_ms=None, log=None,
+               layout="contiguous") -> list[dict]:
     """Time the scan at every fold k (reset every window, so k must not change the result) against
     k=1, on the same inputs; one row per (channels, length, batch, k) with the median time, the
     speed-up, the largest difference to k=1 and the static model's predicted speed-up.
@@ -165,7 +170,8 @@ def fold_sweep(batch_sizes, lengths, channels, folds, *, d_state=16, repeats=5, 
     for ch in channels:
         for length in lengths:
             for batch in batch_sizes:
-                inputs = make_scan_inputs(batch, ch, d_state, length, dtype=dtype, seed=seed, device=device)
+                inputs = make_scan_inputs(batch, ch, d_state, length, dtype=dtype, seed=seed, device=device,
+                                          layout=layout)
                 base_out = base_ms = None
                 # k > batch folds the whole batch, the same as k = batch: time it once
                 for k in sorted({min(k, batch) for k in set(folds) | {1}}):
@@ -211,7 +217,7 @@ def measure_lut_entries(seq_lens=DEFAULT_SEQ_LENS, aux_tokens=DEFAULT_AUX_TOKENS
                             log("fold LUT sweep stopped at the deadline")
                         return entries
                     inputs = make_scan_inputs(batch, ch, n_state, seq_len, dtype=getattr(torch, lut.dtype_name(dtype)),
-                                              has_z=False, device=device)
+                                              has_z=False, device=device, layout="model")
                     times = {}
                     for k in folds:
                         if k <= batch:

@@ -20,13 +20,18 @@ MAMBA_TOLERANCES = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), to
 
 def make_scan_inputs(batch=2, channels=4, d_state=8, length=16, *, groups=None, fixed_b=False, fixed_c=False,
                      dtype=torch.float32, has_z=True, has_d=True, has_bias=True, s4d=False, seed=0,
-                     device="cpu", requires_grad=False) -> dict:
+                     device="cpu", requires_grad=False, layout="contiguous") -> dict:
     """Keyword arguments for :func:`selective_scan_fn` (keys :data:`SCAN_ARGS`; absent parts None).
 
     u, delta, z and input-dependent B/C are in ``dtype``; A, D, delta_bias and fixed B/C are fp32
     (fp64 when ``dtype`` is fp64), as in mamba_ssm. ``groups=None`` gives (batch, N, L) B/C, an int
     G gives (batch, G, N, L). On a CUDA device the numbers are drawn there (big shapes are many MB).
+    ``layout='model'`` gives the same numbers laid out as the model passes them: u, delta, z as
+    (batch, channels, L) views of time-major (batch, L, channels) storage (channel stride 1), and
+    variable B/C as views of one time-major (batch, L, 2N) tensor (no groups only).
     """
+    if layout not in ("contiguous", "model"):
+        raise ValueError(f"layout must be 'contiguous' or 'model', got {layout!r}")
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     weight_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -52,6 +57,13 @@ def make_scan_inputs(batch=2, channels=4, d_state=8, length=16, *, groups=None, 
         z=randn(batch, channels, length) if has_z else None,
         delta_bias=rand(channels, scale=0.5, to=weight_dtype) if has_bias else None,
     )
+    if layout == "model":
+        for name in ("u", "delta", "z"):
+            if inputs[name] is not None:
+                inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+        if groups is None and not fixed_b and not fixed_c:
+            bc = torch.cat([inputs["B"].transpose(1, 2), inputs["C"].transpose(1, 2)], dim=-1)
+            inputs["B"], inputs["C"] = bc[..., :d_state].transpose(1, 2), bc[..., d_state:].transpose(1, 2)
     if requires_grad:
         for value in inputs.values():
             if value is not None:
