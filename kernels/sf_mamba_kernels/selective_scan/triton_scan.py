@@ -86,9 +86,11 @@ def _lane_scatter_index(N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.conste
     V > 32; when V < 32, 32 / V lanes hold partial sums of one index and all of them add it)."""
     lane = tl.arange(0, BLOCK_D)[None, :]
     V: tl.constexpr = N * CHUNK
-    if V >= BLOCK_D:
-        return lane * (V // BLOCK_D) + tl.arange(0, V // BLOCK_D)[:, None]
-    return lane // (BLOCK_D // V)
+    if V >= BLOCK_D:  # one return: triton 3.6 types every return of a function, even a dead one
+        index = lane * (V // BLOCK_D) + tl.arange(0, V // BLOCK_D)[:, None]
+    else:
+        index = lane // (BLOCK_D // V)
+    return index
 
 
 @triton.jit
