@@ -139,11 +139,14 @@ def _time_offsets(row, pos, length, s_b, s_l, kk):
 
 
 @triton.jit
-def _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr):
+def _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: tl.constexpr):
     """Forward time offsets; FLAT (s_b == length * s_l: rows back to back, the model's views) needs no
     row-end test: step k of the stream is token ``tok + k`` (tok = row * length + pos)."""
     if FLAT:
-        return (tok + kk) * s_l
+        ko = kk * s_l
+        if FAST:  # opaque: LLVM would fold tok * s_l + kk * s_l back to (tok + kk) * s_l, a multiply per step
+            ko = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [ko], dtype=ko.dtype, is_pure=True, pack=1)
+        return tok * s_l + ko
     return _time_offsets(row, pos, length, s_b, s_l, kk)
 
 
@@ -157,9 +160,20 @@ def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED:
 
 
 @triton.jit
+def _fwd_ptrs(base, tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: tl.constexpr):
+    """[CHUNK, BLOCK_D] pointers of a (batch, channels, L) tensor (base: [1, BLOCK_D])."""
+    if FLAT:  # the chunk's pointer, then the step offsets (opaque: LLVM would re-fold them per step)
+        ko = kk * s_l
+        if FAST:
+            ko = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [ko], dtype=ko.dtype, is_pure=True, pack=1)
+        return (base + tok * s_l) + ko[:, None]
+    return base + _time_offsets(row, pos, length, s_b, s_l, kk)[:, None]
+
+
+@triton.jit
 def _load_fwd_bc(base, tok, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr,
-                 FLAT: tl.constexpr):
-    ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT)[None, :]
+                 FLAT: tl.constexpr, FAST: tl.constexpr):
+    ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT, FAST)[None, :]
     if MASKED:
         return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0).to(tl.float32)
     return tl.load(ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
@@ -214,12 +228,12 @@ def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_
     # B/C first: triton's layout propagation lets the *later* loads (u, delta: one channel per lane)
     # win conflicts, so the state stays one-channel-per-thread and only the B/C tiles move
     if not B_FIXED:
-        Bc = _load_fwd_bc(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT)
+        Bc = _load_fwd_bc(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT, FAST)
     if not C_FIXED:
-        Cc = _load_fwd_bc(C_base, tok, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED, FLAT)
-    u = _ld(u_base + _fwd_offsets(tok, row, pos, length, su_b, su_l, kk, FLAT)[:, None], m2, USE_MASK)
+        Cc = _load_fwd_bc(C_base, tok, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED, FLAT, FAST)
+    u = _ld(_fwd_ptrs(u_base, tok, row, pos, length, su_b, su_l, kk, FLAT, FAST), m2, USE_MASK)
     u = u.to(tl.float32)  # [CHUNK, BLOCK_D]: one channel column per thread
-    dt = _ld(dt_base + _fwd_offsets(tok, row, pos, length, sdt_b, sdt_l, kk, FLAT)[:, None], m2, USE_MASK)
+    dt = _ld(_fwd_ptrs(dt_base, tok, row, pos, length, sdt_b, sdt_l, kk, FLAT, FAST), m2, USE_MASK)
     dt = dt.to(tl.float32)
     if HAS_DBIAS:
         dt = dt + bias[None, :]
@@ -267,10 +281,10 @@ def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_
     for n in tl.static_range(N):  # y = D u + sum_n C h, one FMA chain per (channel, step)
         y = tl.fma(_pick(h_all, nn3, n, 0), _pick(C3, nn3, n, 0), y)  # [CHUNK, BLOCK_D]
     if HAS_Z:
-        zt = _ld(z_base + _fwd_offsets(tok, row, pos, length, sz_b, sz_l, kk, FLAT)[:, None], m2, USE_MASK)
+        zt = _ld(_fwd_ptrs(z_base, tok, row, pos, length, sz_b, sz_l, kk, FLAT, FAST), m2, USE_MASK)
         zt = zt.to(tl.float32)
         y = y * zt * _sigmoid(zt)
-    _st(out_base + _fwd_offsets(tok, row, pos, length, so_b, so_l, kk, FLAT)[:, None], y, m2, USE_MASK)
+    _st(_fwd_ptrs(out_base, tok, row, pos, length, so_b, so_l, kk, FLAT, FAST), y, m2, USE_MASK)
     return h
 
 
