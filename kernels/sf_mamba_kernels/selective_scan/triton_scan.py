@@ -172,8 +172,10 @@ def _fwd_ptrs(base, tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAS
 
 @triton.jit
 def _load_fwd_bc(base, tok, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr,
-                 FLAT: tl.constexpr, FAST: tl.constexpr):
+                 FLAT: tl.constexpr, FAST: tl.constexpr, EVEN_N: tl.constexpr):
     ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT, FAST)[None, :]
+    if EVEN_N and not MASKED:  # n_state == N: no predicate, no zeroing of the masked lanes
+        return tl.load(ptrs).to(tl.float32)
     if MASKED:
         return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0).to(tl.float32)
     return tl.load(ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
@@ -220,7 +222,8 @@ def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
                EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
                SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
-               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr, FLAT: tl.constexpr):
+               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr, FLAT: tl.constexpr,
+               EVEN_N: tl.constexpr):
     kk = tl.arange(0, CHUNK)
     valid_t = (j0 + kk) < total
     m2 = _chunk_mask(valid_t, mask_d, MASKED)
@@ -228,9 +231,9 @@ def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_
     # B/C first: triton's layout propagation lets the *later* loads (u, delta: one channel per lane)
     # win conflicts, so the state stays one-channel-per-thread and only the B/C tiles move
     if not B_FIXED:
-        Bc = _load_fwd_bc(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT, FAST)
+        Bc = _load_fwd_bc(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
     if not C_FIXED:
-        Cc = _load_fwd_bc(C_base, tok, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED, FLAT, FAST)
+        Cc = _load_fwd_bc(C_base, tok, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
     u = _ld(_fwd_ptrs(u_base, tok, row, pos, length, su_b, su_l, kk, FLAT, FAST), m2, USE_MASK)
     u = u.to(tl.float32)  # [CHUNK, BLOCK_D]: one channel column per thread
     dt = _ld(_fwd_ptrs(dt_base, tok, row, pos, length, sdt_b, sdt_l, kk, FLAT, FAST), m2, USE_MASK)
@@ -305,7 +308,7 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, SAVE_HS: tl.constexpr,
     SAVE_LAST: tl.constexpr, FAST: tl.constexpr, OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
-    CHANNEL_UNIT: tl.constexpr = 0, FLAT: tl.constexpr = False,
+    CHANNEL_UNIT: tl.constexpr = 0, FLAT: tl.constexpr = False, EVEN_N: tl.constexpr = False,
 ):
     # CHANNEL_UNIT bit i: tensor i of (u, delta, z, out) has channel stride 1 (the model's time-major
     # views). A known unit stride makes every triton version lay the tile out one channel per lane
@@ -393,7 +396,7 @@ def _scan_fwd_kernel(
                        u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
-                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT)
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
         pos += CHUNK
         wrap = pos >= length
         pos = tl.where(wrap, pos - length, pos)
@@ -407,7 +410,7 @@ def _scan_fwd_kernel(
                        C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, True, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
-                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT)
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
 
 
 @triton.jit
@@ -831,6 +834,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
                 CHANNEL_UNIT=_channel_unit_bits(u, delta, zz, out), FLAT=_flat_rows([u, delta, zz, out], [B, C]),
+                EVEN_N=n_state == cfg["N"],
                 num_warps=cfg["num_warps"], maxnreg=None if save else FWD_MAX_REGS,  # the cap spills with checkpoints
             )
         if save:
