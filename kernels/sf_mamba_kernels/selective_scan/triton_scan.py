@@ -171,14 +171,27 @@ def _fwd_ptrs(base, tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAS
 
 
 @triton.jit
+def _to_f32_here(x, FAST: tl.constexpr):
+    """fp32 of a 16-bit tile through an opaque cvt, so the layout pass cannot move the conversion
+    after the shared-memory broadcast (triton 3.6 did: N x CHUNK converts per thread, not 2)."""
+    if FAST and x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("cvt.f32.bf16 $0, $1;", "=r,h", [x], dtype=tl.float32, is_pure=False,
+                                         pack=1)
+    if FAST and x.dtype == tl.float16:
+        return tl.inline_asm_elementwise("cvt.f32.f16 $0, $1;", "=r,h", [x], dtype=tl.float32, is_pure=False,
+                                         pack=1)
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _load_fwd_bc(base, tok, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr,
                  FLAT: tl.constexpr, FAST: tl.constexpr, EVEN_N: tl.constexpr):
     ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT, FAST)[None, :]
     if EVEN_N and not MASKED:  # n_state == N: no predicate, no zeroing of the masked lanes
-        return tl.load(ptrs).to(tl.float32)
+        return _to_f32_here(tl.load(ptrs), FAST)
     if MASKED:
-        return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0).to(tl.float32)
-    return tl.load(ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
+        return _to_f32_here(tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0), FAST)
+    return _to_f32_here(tl.load(ptrs, mask=mask_n[:, None], other=0.0), FAST)
 
 
 @triton.jit
