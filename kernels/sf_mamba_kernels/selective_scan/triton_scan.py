@@ -46,6 +46,7 @@ LN2 = 0.6931471805599453
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_CHUNK = 8  # forward steps per loop iteration
 FWD_MAX_REGS = 168  # 12 resident warps per SM (65,536 registers, 256-register granules per warp)
+FWD_SAVE_MAX_REGS = 200  # 10 warps per SM with checkpoints (168 spills their stores)
 MAX_CKPT = 4  # backward steps per loop iteration (= the forward's checkpoint interval)
 
 
@@ -230,7 +231,7 @@ def _st(ptrs, value, mask, USE_MASK: tl.constexpr):
 
 @triton.jit
 def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, last_tile,
+               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, hs_n, last_tile,
                su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
                EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
@@ -276,7 +277,17 @@ def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_
         if SAVE_HS:
             if k % CKPT == 0:  # the state entering step j0 + k, for the backward's recompute
                 ck = (j0 + k) // CKPT
-                tl.store(hs_tile + ck * hs_step, h, mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
+                # hs_tile: one pointer per lane; the state offsets are opaque, so they stay uniform
+                # registers instead of N hoisted 64-bit pointers (the register cap spilled those)
+                no = tl.arange(0, N) * hs_n
+                if FAST:
+                    no = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [no], dtype=no.dtype, is_pure=True,
+                                                   pack=1)
+                if MASKED or not EVEN_D or not EVEN_N:
+                    tl.store((hs_tile + ck * hs_step) + no[:, None], h,
+                             mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
+                else:  # a full chunk of a full block
+                    tl.store((hs_tile + ck * hs_step) + no[:, None], h)
         dt_k = _pick(dt, kk[:, None], k, 0)  # [BLOCK_D], a register read
         if HAS_RESET:
             # a segment starts here: a = 0 and the state is *replaced* (0 * Inf would be NaN)
@@ -387,7 +398,7 @@ def _scan_fwd_kernel(
     else:
         C_base = (C_ptr + g.to(tl.int64) * sC_g + offs_n.to(tl.int64) * sC_n)[:, None]
     if SAVE_HS:  # hs: (fold groups, n_ckpt, N, channels) fp32: channels on lanes, coalesced
-        hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :] + (offs_n * n_channels)[:, None]
+        hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :]
     if SAVE_LAST:  # last: (batch, channels, N) fp32
         last_tile = last_ptr + (chan * sl_d)[None, :] + offs_n[:, None]
     u_base = (u_ptr + chan * su_d)[None, :]
@@ -406,7 +417,7 @@ def _scan_fwd_kernel(
     for i in range(n_full):
         dist = tl.where(phase == 0, 0, reset_every - phase)  # steps until the next segment start
         h = _fwd_chunk(h, i * CHUNK, tok + i * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
+                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
                        B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
@@ -420,7 +431,7 @@ def _scan_fwd_kernel(
     if n_full * CHUNK < total:
         dist = tl.where(phase == 0, 0, reset_every - phase)
         h = _fwd_chunk(h, n_full * CHUNK, tok + n_full * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix,
-                       C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
+                       C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, True, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
                        B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
@@ -848,7 +859,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
                 CHANNEL_UNIT=_channel_unit_bits(u, delta, zz, out), FLAT=_flat_rows([u, delta, zz, out], [B, C]),
                 EVEN_N=n_state == cfg["N"],
-                num_warps=cfg["num_warps"], maxnreg=None if save else FWD_MAX_REGS,  # the cap spills with checkpoints
+                num_warps=cfg["num_warps"], maxnreg=FWD_SAVE_MAX_REGS if save else FWD_MAX_REGS,
             )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hs)
