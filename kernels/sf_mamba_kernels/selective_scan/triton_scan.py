@@ -46,6 +46,7 @@ LN2 = 0.6931471805599453
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_CHUNK = 8  # forward steps per loop iteration
 FWD_MAX_REGS = 168  # 12 resident warps per SM (65,536 registers, 256-register granules per warp)
+FWD_SAVE_MAX_REGS = 200  # 10 warps per SM with checkpoints (168 spills their stores)
 MAX_CKPT = 4  # backward steps per loop iteration (= the forward's checkpoint interval)
 
 
@@ -140,6 +141,17 @@ def _time_offsets(row, pos, length, s_b, s_l, kk):
     return row * s_b + pos * s_l + kk * s_l + tl.where(pos + kk >= length, s_b - length * s_l, 0)
 
 
+@triton.jit
+def _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: tl.constexpr):
+    """Forward time offsets; FLAT (s_b == length * s_l: rows back to back, the model's views) needs no
+    row-end test: step k of the stream is token ``tok + k`` (tok = row * length + pos)."""
+    if FLAT:
+        ko = kk * s_l
+        if FAST:  # opaque: LLVM would fold tok * s_l + kk * s_l back to (tok + kk) * s_l, a multiply per step
+            ko = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [ko], dtype=ko.dtype, is_pure=True, pack=1)
+        return tok * s_l + ko
+    return _time_offsets(row, pos, length, s_b, s_l, kk)
+
 
 @triton.jit
 def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr):
@@ -148,6 +160,41 @@ def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED:
     if MASKED:
         return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0).to(tl.float32)
     return tl.load(ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _fwd_ptrs(base, tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: tl.constexpr):
+    """[CHUNK, BLOCK_D] pointers of a (batch, channels, L) tensor (base: [1, BLOCK_D])."""
+    if FLAT:  # the chunk's pointer, then the step offsets (opaque: LLVM would re-fold them per step)
+        ko = kk * s_l
+        if FAST:
+            ko = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [ko], dtype=ko.dtype, is_pure=True, pack=1)
+        return (base + tok * s_l) + ko[:, None]
+    return base + _time_offsets(row, pos, length, s_b, s_l, kk)[:, None]
+
+
+@triton.jit
+def _to_f32_here(x, FAST: tl.constexpr):
+    """fp32 of a 16-bit tile through an opaque cvt, so the layout pass cannot move the conversion
+    after the shared-memory broadcast (triton 3.6 did: N x CHUNK converts per thread, not 2)."""
+    if FAST and x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("cvt.f32.bf16 $0, $1;", "=r,h", [x], dtype=tl.float32, is_pure=False,
+                                         pack=1)
+    if FAST and x.dtype == tl.float16:
+        return tl.inline_asm_elementwise("cvt.f32.f16 $0, $1;", "=r,h", [x], dtype=tl.float32, is_pure=False,
+                                         pack=1)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _load_fwd_bc(base, tok, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr,
+                 FLAT: tl.constexpr, FAST: tl.constexpr, EVEN_N: tl.constexpr):
+    ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT, FAST)[None, :]
+    if EVEN_N and not MASKED:  # n_state == N: no predicate, no zeroing of the masked lanes
+        return _to_f32_here(tl.load(ptrs), FAST)
+    if MASKED:
+        return _to_f32_here(tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0), FAST)
+    return _to_f32_here(tl.load(ptrs, mask=mask_n[:, None], other=0.0), FAST)
 
 
 @triton.jit
@@ -185,13 +232,14 @@ def _st(ptrs, value, mask, USE_MASK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, last_tile,
+def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
+               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, hs_n, last_tile,
                su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
                EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
                SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
-               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr):
+               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr, FLAT: tl.constexpr,
+               EVEN_N: tl.constexpr):
     kk = tl.arange(0, CHUNK)
     valid_t = (j0 + kk) < total
     m2 = _chunk_mask(valid_t, mask_d, MASKED)
@@ -199,12 +247,12 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
     # B/C first: triton's layout propagation lets the *later* loads (u, delta: one channel per lane)
     # win conflicts, so the state stays one-channel-per-thread and only the B/C tiles move
     if not B_FIXED:
-        Bc = _load_bc_tile(B_base, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED)
+        Bc = _load_fwd_bc(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
     if not C_FIXED:
-        Cc = _load_bc_tile(C_base, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED)
-    u = _ld(u_base + _time_offsets(row, pos, length, su_b, su_l, kk)[:, None], m2, USE_MASK)
+        Cc = _load_fwd_bc(C_base, tok, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
+    u = _ld(_fwd_ptrs(u_base, tok, row, pos, length, su_b, su_l, kk, FLAT, FAST), m2, USE_MASK)
     u = u.to(tl.float32)  # [CHUNK, BLOCK_D]: one channel column per thread
-    dt = _ld(dt_base + _time_offsets(row, pos, length, sdt_b, sdt_l, kk)[:, None], m2, USE_MASK)
+    dt = _ld(_fwd_ptrs(dt_base, tok, row, pos, length, sdt_b, sdt_l, kk, FLAT, FAST), m2, USE_MASK)
     dt = dt.to(tl.float32)
     if HAS_DBIAS:
         dt = dt + bias[None, :]
@@ -231,7 +279,17 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
         if SAVE_HS:
             if k % CKPT == 0:  # the state entering step j0 + k, for the backward's recompute
                 ck = (j0 + k) // CKPT
-                tl.store(hs_tile + ck * hs_step, h, mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
+                # hs_tile: one pointer per lane; the state offsets are opaque, so they stay uniform
+                # registers instead of N hoisted 64-bit pointers (the register cap spilled those)
+                no = tl.arange(0, N) * hs_n
+                if FAST:
+                    no = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [no], dtype=no.dtype, is_pure=True,
+                                                   pack=1)
+                if MASKED or not EVEN_D or not EVEN_N:
+                    tl.store((hs_tile + ck * hs_step) + no[:, None], h,
+                             mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
+                else:  # a full chunk of a full block
+                    tl.store((hs_tile + ck * hs_step) + no[:, None], h)
         dt_k = _pick(dt, kk[:, None], k, 0)  # [BLOCK_D], a register read
         if HAS_RESET:
             # a segment starts here: a = 0 and the state is *replaced* (0 * Inf would be NaN)
@@ -252,10 +310,10 @@ def _fwd_chunk(h, j0, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
     for n in tl.static_range(N):  # y = D u + sum_n C h, one FMA chain per (channel, step)
         y = tl.fma(_pick(h_all, nn3, n, 0), _pick(C3, nn3, n, 0), y)  # [CHUNK, BLOCK_D]
     if HAS_Z:
-        zt = _ld(z_base + _time_offsets(row, pos, length, sz_b, sz_l, kk)[:, None], m2, USE_MASK)
+        zt = _ld(_fwd_ptrs(z_base, tok, row, pos, length, sz_b, sz_l, kk, FLAT, FAST), m2, USE_MASK)
         zt = zt.to(tl.float32)
         y = y * zt * _sigmoid(zt)
-    _st(out_base + _time_offsets(row, pos, length, so_b, so_l, kk)[:, None], y, m2, USE_MASK)
+    _st(_fwd_ptrs(out_base, tok, row, pos, length, so_b, so_l, kk, FLAT, FAST), y, m2, USE_MASK)
     return h
 
 
@@ -276,7 +334,7 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, SAVE_HS: tl.constexpr,
     SAVE_LAST: tl.constexpr, FAST: tl.constexpr, OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
-    CHANNEL_UNIT: tl.constexpr = 0,
+    CHANNEL_UNIT: tl.constexpr = 0, FLAT: tl.constexpr = False, EVEN_N: tl.constexpr = False,
 ):
     # CHANNEL_UNIT bit i: tensor i of (u, delta, z, out) has channel stride 1 (the model's time-major
     # views). A known unit stride makes every triton version lay the tile out one channel per lane
@@ -342,7 +400,7 @@ def _scan_fwd_kernel(
     else:
         C_base = (C_ptr + g.to(tl.int64) * sC_g + offs_n.to(tl.int64) * sC_n)[:, None]
     if SAVE_HS:  # hs: (fold groups, n_ckpt, N, channels) fp32: channels on lanes, coalesced
-        hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :] + (offs_n * n_channels)[:, None]
+        hs_tile = hs_ptr + (pid_r.to(tl.int64) * n_ckpt * N * n_channels + chan)[None, :]
     if SAVE_LAST:  # last: (batch, channels, N) fp32
         last_tile = last_ptr + (chan * sl_d)[None, :] + offs_n[:, None]
     u_base = (u_ptr + chan * su_d)[None, :]
@@ -353,15 +411,18 @@ def _scan_fwd_kernel(
     h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
     row = row0
     pos = 0
+    tok = row0 * length  # FLAT: the token index of step j0
+    if OFF64:
+        tok = tok.to(tl.int64)
     phase = 0  # position inside the current reset segment
     n_full = total // CHUNK
     for i in range(n_full):
         dist = tl.where(phase == 0, 0, reset_every - phase)  # steps until the next segment start
-        h = _fwd_chunk(h, i * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
+        h = _fwd_chunk(h, i * CHUNK, tok + i * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
+                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
-                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
         pos += CHUNK
         wrap = pos >= length
         pos = tl.where(wrap, pos - length, pos)
@@ -371,11 +432,11 @@ def _scan_fwd_kernel(
             phase = tl.where(phase >= reset_every, phase - reset_every, phase)
     if n_full * CHUNK < total:
         dist = tl.where(phase == 0, 0, reset_every - phase)
-        h = _fwd_chunk(h, n_full * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix,
-                       C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, last_tile,
+        h = _fwd_chunk(h, n_full * CHUNK, tok + n_full * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix,
+                       C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, n_channels, last_tile,
                        su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
                        N, True, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
-                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST)
+                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
 
 
 @triton.jit
@@ -736,6 +797,13 @@ def _same_time_strides(per_channel, bc) -> bool:
     return ok and len(variable) == 2 and _bc_strides(variable[0])[::3] == _bc_strides(variable[1])[::3]
 
 
+def _flat_rows(per_channel, bc) -> bool:
+    """Every (batch, time) tensor has batch stride == length * time stride (rows back to back)."""
+    length = per_channel[0].shape[2]
+    ok = all(t.stride(0) == length * t.stride(2) for t in per_channel)
+    return ok and all(_bc_strides(x)[0] == length * _bc_strides(x)[3] for x in bc if x.dim() > 2)
+
+
 def _empty_like_layout(x: torch.Tensor, dtype) -> torch.Tensor:
     """A dense (batch, channels, L) tensor laid out like ``x``: time-major if x is (the model's views)."""
     if x.stride(1) < x.stride(2):
@@ -791,8 +859,9 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 B_FIXED=B.dim() == 2, C_FIXED=C.dim() == 2, SAVE_HS=save, SAVE_LAST=bool(return_last_state),
                 FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
-                CHANNEL_UNIT=_channel_unit_bits(u, delta, zz, out),
-                num_warps=cfg["num_warps"], maxnreg=None if save else FWD_MAX_REGS,  # the cap spills with checkpoints
+                CHANNEL_UNIT=_channel_unit_bits(u, delta, zz, out), FLAT=_flat_rows([u, delta, zz, out], [B, C]),
+                EVEN_N=n_state == cfg["N"],
+                num_warps=cfg["num_warps"], maxnreg=FWD_SAVE_MAX_REGS if save else FWD_MAX_REGS,
             )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hs)
