@@ -292,7 +292,7 @@ def run_timings(device, args, deadline, log, rows, mode, shapes):
     return skipped
 
 
-def run_model(device, deadline, log, rounds=2, repeats=10):
+def run_model(device, deadline, log, rounds=3, repeats=10):
     """img/s of sf_mamba_t, scan uni vs swap x fold 1 vs 'auto': every variant built and warmed first,
     then measured in interleaved rounds (forward order, then reversed) so that clock or cache drift
     does not favour whichever runs first; the report keeps each round and their median."""

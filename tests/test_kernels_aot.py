@@ -70,9 +70,8 @@ def test_training_forward_budget(rows):
             assert row["sass_per_element"] <= FWD_BUDGET, (_label(row), row["sass_per_element"])
 
 
-@pytest.mark.xfail(strict=True, reason="the backward spends 43-46 SASS instructions per element on sm_90 "
-                   "(the dB/dC sums over channels are warp shuffles); the budget is 36")
 def test_backward_budget(rows):
+    """<= 36 on sm_90 since the dB/dC sums became a lane reduce-scatter (43-47 with a shuffle tree per value)."""
     for row in rows[90]:
         if row["kernel"] == "bwd":
             assert row["sass_per_element"] <= BWD_BUDGET, (_label(row), row["sass_per_element"])

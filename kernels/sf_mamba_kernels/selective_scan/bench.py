@@ -164,7 +164,8 @@ def fold_sweep(batch_sizes, lengths, channels, folds, *, d_state=16, repeats=5, 
     k=1, on the same inputs; one row per (channels, length, batch, k) with the median time, the
     speed-up, the largest difference to k=1 and the static model's predicted speed-up.
 
-    Timer: wall clock over ``repeats`` calls; with ``rep_ms`` on a CUDA device, do_bench medians."""
+    Timer: wall clock over ``repeats`` calls; with ``rep_ms`` on a CUDA device, CUDA-graph replay
+    medians (do_bench medians where capture fails)."""
     gpu_timer = rep_ms is not None and torch.device(device).type == "cuda"
     rows = []
     for ch in channels:
@@ -177,8 +178,9 @@ def fold_sweep(batch_sizes, lengths, channels, folds, *, d_state=16, repeats=5, 
                 for k in sorted({min(k, batch) for k in set(folds) | {1}}):
                     call = scan_call(inputs, fold=k, reset_every=length, backend=backend)
                     out = call()
-                    if gpu_timer:
-                        times = [median_ms(call, warmup=3, rep=rep_ms)]
+                    if gpu_timer:  # graph replays where capture works: no host overhead in the ratio
+                        graph = graph_median_ms(call, rep_ms)
+                        times = [graph if graph is not None else median_ms(call, warmup=3, rep=rep_ms)]
                     else:
                         times = wall_times_ms(call, repeats, warmup=max(0, warmup - 1), device=device)
                     ms = statistics.median(times)
