@@ -137,6 +137,21 @@ def lane_reduce_off_cases(cpu):
             ("fp32 D=64 groups=2 N=16, shuffle tree", 4, 128, 16, 49, 2, 49, torch.float32, dict(groups=2))]
 
 
+def check_cases_fallbacks_off(cases, device, label):
+    """The cases with both fallbacks: the dB/dC shuffle tree and the forward without prefetch."""
+    from sf_mamba_kernels.selective_scan import triton_scan
+
+    before = os.environ.get(triton_scan.PREFETCH_ENV)
+    os.environ[triton_scan.PREFETCH_ENV] = "0"
+    try:
+        return check_cases_lane_reduce_off(cases, device, label)
+    finally:
+        if before is None:
+            os.environ.pop(triton_scan.PREFETCH_ENV)
+        else:
+            os.environ[triton_scan.PREFETCH_ENV] = before
+
+
 def check_cases_lane_reduce_off(cases, device, label):
     from sf_mamba_kernels.selective_scan import triton_scan
 
@@ -340,6 +355,7 @@ def _case_worker_labelled(job):
     from sf_mamba_kernels.selective_scan import triton_scan
 
     os.environ[triton_scan.LANE_REDUCE_ENV] = lane_reduce
+    os.environ[triton_scan.PREFETCH_ENV] = lane_reduce  # "0": both fallbacks
     rows = check_cases([case], torch.device("cuda", 0), "")
     for row in rows:
         row["check"] = label
@@ -352,6 +368,7 @@ def _warm_worker(job):
     from sf_mamba_kernels.selective_scan import triton_scan
 
     os.environ[triton_scan.LANE_REDUCE_ENV] = lane_reduce
+    os.environ[triton_scan.PREFETCH_ENV] = lane_reduce  # the "0" jobs warm both fallbacks
     inputs = make_scan_inputs(2, channels, 8, length, dtype=DTYPES[dtype_name], has_z=False, device="cuda",
                               layout="model")
     for mode in ("fwd", "fwdbwd"):
@@ -472,7 +489,8 @@ def main(argv=None):
         def parallel_checks():
             jobs = ([("triton vs reference", case, "1") for case in scan_cases(False)]
                     + [("backward vs reference", case, "1") for case in reverse_cases(False)]
-                    + [("lane reduce off vs reference", case, "0") for case in lane_reduce_off_cases(False)])
+                    + [("fallbacks (no lane reduce, no prefetch) vs reference", case, "0")
+                       for case in lane_reduce_off_cases(False)])
             labelled = [(f"{label}: {case[0]}", case, lane) for label, case, lane in jobs]
             rows = run_parallel(labelled, _case_worker_labelled, args.jobs, log)
             if all("error" in row for row in rows):  # the pool itself broke (not the kernels): run them here
@@ -490,8 +508,8 @@ def main(argv=None):
         checks = [("scan vs reference", lambda: check_cases(scan_cases(args.cpu), device, "triton vs reference")),
                   ("backward reverse scan", lambda: check_cases(reverse_cases(args.cpu), device,
                                                                 "backward vs reference")),
-                  ("shuffle-tree dB/dC", lambda: check_cases_lane_reduce_off(lane_reduce_off_cases(args.cpu), device,
-                                                                            "lane reduce off vs reference"))]
+                  ("shuffle-tree dB/dC", lambda: check_cases_fallbacks_off(lane_reduce_off_cases(args.cpu), device,
+                                                                          "fallbacks (no lane reduce, no prefetch) vs reference"))]
     checks += [("fold invariance", lambda: check_fold_invariance(device, args.cpu)),
               ("strided / non-finite", lambda: check_strided_and_nonfinite(device, args.cpu)),
               ("backend / mamba_ssm", lambda: check_backend_and_mamba(device)),
@@ -557,6 +575,22 @@ def main(argv=None):
                 os.environ.pop(triton_scan.LANE_REDUCE_ENV, None)
 
         stage("fwd+bwd timings, shuffle-tree dB/dC", shuffle_tree_timings)
+
+        def no_prefetch_timings():
+            """The forward without the next-chunk prefetch: what the latency hiding buys."""
+            from sf_mamba_kernels.selective_scan import triton_scan
+
+            os.environ[triton_scan.PREFETCH_ENV] = "0"
+            try:
+                rows = []
+                run_timings(device, args, deadline - reserve - 45, log, rows, "fwd",
+                            [("bfloat16", L, ch, b) for L in ints(args.seq_lens) for ch in SSM_WIDTHS["T"]
+                             for b in ints(args.batches)])
+                report["fwd_timings_no_prefetch"] = rows
+            finally:
+                os.environ.pop(triton_scan.PREFETCH_ENV, None)
+
+        stage("forward timings, no prefetch", no_prefetch_timings)
         stage("forward timings", lambda: timings("fwd", fwd_shapes, deadline - reserve - 30))
 
         def sweep():

@@ -290,3 +290,18 @@ def test_backward_picks_the_lane_reduce_for_full_warps(monkeypatch):
     # channel-unit bits (u, delta, z, dout, du, ddelta, dz): the views make all but dout unit-stride
     views = 1 + 2 + 4 + 16 + 32 + 64
     assert seen == [(32, True, 0), (32, True, views), (8, False, 0), (8, False, views), (32, False, 0)]
+
+
+@pytest.mark.parametrize("case", ["reset_mid_chunk_ragged_tail", "k1_no_reset_ragged", "fixed_b_variable_c",
+                                  "partial_channel_block"])
+def test_forward_without_prefetch_matches_reference(case, monkeypatch):
+    """SF_MAMBA_SCAN_PREFETCH=0: the forward loads each chunk where it computes it (the fallback)."""
+    monkeypatch.setenv(triton_scan.PREFETCH_ENV, "0")
+    test_matches_fp64_reference(case)
+
+
+def test_prefetch_is_the_default_and_can_be_turned_off(monkeypatch):
+    monkeypatch.delenv(triton_scan.PREFETCH_ENV, raising=False)
+    assert triton_scan.prefetch_enabled()
+    monkeypatch.setenv(triton_scan.PREFETCH_ENV, "0")
+    assert not triton_scan.prefetch_enabled()

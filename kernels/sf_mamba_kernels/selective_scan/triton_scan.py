@@ -232,27 +232,75 @@ def _st(ptrs, value, mask, USE_MASK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, hs_n, last_tile,
-               su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
-               N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
-               EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
-               SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
-               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr, FLAT: tl.constexpr,
-               EVEN_N: tl.constexpr):
+def _ld_raw(ptrs, mask, USE_MASK: tl.constexpr):
+    """A [CHUNK, BLOCK_D] tile in its storage dtype: converted where it is used, so a prefetched load
+    is not waited for in the iteration that issues it."""
+    if USE_MASK:
+        return tl.load(ptrs, mask=mask, other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _bc_raw(base, tok, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr,
+            FLAT: tl.constexpr, FAST: tl.constexpr, EVEN_N: tl.constexpr):
+    ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT, FAST)[None, :]
+    if EVEN_N and not MASKED:  # n_state == N: no predicate, no zeroing of the masked lanes
+        return tl.load(ptrs)
+    if MASKED:
+        return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0)
+    return tl.load(ptrs, mask=mask_n[:, None], other=0.0)
+
+
+@triton.jit
+def _fwd_load(j0, tok, row, pos, total, length, mask_d, mask_n, u_base, dt_base, z_base, B_base, C_base,
+              su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sC_b, sC_l,
+              CHUNK: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr, HAS_Z: tl.constexpr,
+              B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr, FLAT: tl.constexpr,
+              EVEN_N: tl.constexpr):
+    """The chunk's input tiles, unconverted: (B [N, CHUNK], C, u [CHUNK, BLOCK_D], delta, z); an absent
+    operand is a stand-in (u) that is never read."""
     kk = tl.arange(0, CHUNK)
     valid_t = (j0 + kk) < total
     m2 = _chunk_mask(valid_t, mask_d, MASKED)
     USE_MASK: tl.constexpr = MASKED or not EVEN_D
     # B/C first: triton's layout propagation lets the *later* loads (u, delta: one channel per lane)
     # win conflicts, so the state stays one-channel-per-thread and only the B/C tiles move
+    Bc = mask_n
+    Cc = mask_n
     if not B_FIXED:
-        Bc = _load_fwd_bc(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
+        Bc = _bc_raw(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
     if not C_FIXED:
-        Cc = _load_fwd_bc(C_base, tok, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
-    u = _ld(_fwd_ptrs(u_base, tok, row, pos, length, su_b, su_l, kk, FLAT, FAST), m2, USE_MASK)
+        Cc = _bc_raw(C_base, tok, row, pos, length, sC_b, sC_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
+    u = _ld_raw(_fwd_ptrs(u_base, tok, row, pos, length, su_b, su_l, kk, FLAT, FAST), m2, USE_MASK)
+    dt = _ld_raw(_fwd_ptrs(dt_base, tok, row, pos, length, sdt_b, sdt_l, kk, FLAT, FAST), m2, USE_MASK)
+    zt = u
+    if HAS_Z:
+        zt = _ld_raw(_fwd_ptrs(z_base, tok, row, pos, length, sz_b, sz_l, kk, FLAT, FAST), m2, USE_MASK)
+    if B_FIXED:
+        Bc = u
+    if C_FIXED:
+        Cc = u
+    return Bc, Cc, u, dt, zt
+
+
+@triton.jit
+def _fwd_compute(h, Bc, Cc, u, dt, zt, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias,
+                 B_fix, C_fix, out_base, hs_tile, hs_step, hs_n, last_tile, so_b, so_l, sl_b,
+                 N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
+                 EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
+                 SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
+                 SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr, FLAT: tl.constexpr,
+                 EVEN_N: tl.constexpr):
+    """One chunk's recurrence and output from tiles :func:`_fwd_load` returned."""
+    kk = tl.arange(0, CHUNK)
+    valid_t = (j0 + kk) < total
+    m2 = _chunk_mask(valid_t, mask_d, MASKED)
+    USE_MASK: tl.constexpr = MASKED or not EVEN_D
+    if not B_FIXED:
+        Bc = _to_f32_here(Bc, FAST)
+    if not C_FIXED:
+        Cc = _to_f32_here(Cc, FAST)
     u = u.to(tl.float32)  # [CHUNK, BLOCK_D]: one channel column per thread
-    dt = _ld(_fwd_ptrs(dt_base, tok, row, pos, length, sdt_b, sdt_l, kk, FLAT, FAST), m2, USE_MASK)
     dt = dt.to(tl.float32)
     if HAS_DBIAS:
         dt = dt + bias[None, :]
@@ -310,11 +358,31 @@ def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_
     for n in tl.static_range(N):  # y = D u + sum_n C h, one FMA chain per (channel, step)
         y = tl.fma(_pick(h_all, nn3, n, 0), _pick(C3, nn3, n, 0), y)  # [CHUNK, BLOCK_D]
     if HAS_Z:
-        zt = _ld(_fwd_ptrs(z_base, tok, row, pos, length, sz_b, sz_l, kk, FLAT, FAST), m2, USE_MASK)
         zt = zt.to(tl.float32)
         y = y * zt * _sigmoid(zt)
     _st(_fwd_ptrs(out_base, tok, row, pos, length, so_b, so_l, kk, FLAT, FAST), y, m2, USE_MASK)
     return h
+
+
+
+
+@triton.jit
+def _fwd_chunk(h, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
+               u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, hs_step, hs_n, last_tile,
+               su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
+               N: tl.constexpr, MASKED: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
+               EVEN_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
+               SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
+               SAVE_HS: tl.constexpr, SAVE_LAST: tl.constexpr, FAST: tl.constexpr, FLAT: tl.constexpr,
+               EVEN_N: tl.constexpr):
+    """Load, then compute, one chunk (the ragged tail, and every chunk when nothing is prefetched)."""
+    Bc, Cc, u, dt, zt = _fwd_load(j0, tok, row, pos, total, length, mask_d, mask_n, u_base, dt_base, z_base,
+                                  B_base, C_base, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sC_b, sC_l,
+                                  CHUNK, MASKED, EVEN_D, HAS_Z, B_FIXED, C_FIXED, FAST, FLAT, EVEN_N)
+    return _fwd_compute(h, Bc, Cc, u, dt, zt, j0, tok, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
+                        bias, B_fix, C_fix, out_base, hs_tile, hs_step, hs_n, last_tile, so_b, so_l, sl_b,
+                        N, MASKED, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET, B_FIXED,
+                        C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
 
 
 # Every shape/stride int stays a runtime value: no recompile per batch size or stride pattern, and a
@@ -335,6 +403,7 @@ def _scan_fwd_kernel(
     HAS_RESET: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, SAVE_HS: tl.constexpr,
     SAVE_LAST: tl.constexpr, FAST: tl.constexpr, OFF64: tl.constexpr, SAME_TIME_STRIDES: tl.constexpr,
     CHANNEL_UNIT: tl.constexpr = 0, FLAT: tl.constexpr = False, EVEN_N: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False,
 ):
     # CHANNEL_UNIT bit i: tensor i of (u, delta, z, out) has channel stride 1 (the model's time-major
     # views). A known unit stride makes every triton version lay the tile out one channel per lane
@@ -416,13 +485,38 @@ def _scan_fwd_kernel(
         tok = tok.to(tl.int64)
     phase = 0  # position inside the current reset segment
     n_full = total // CHUNK
+    if PREFETCH:  # chunk 0's tiles (masked: there may be no full chunk)
+        nB, nC, nu, ndt, nz = _fwd_load(0, tok, row, pos, total, length, mask_d, mask_n, u_base, dt_base, z_base,
+                                        B_base, C_base, su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sC_b, sC_l,
+                                        CHUNK, True, EVEN_D, HAS_Z, B_FIXED, C_FIXED, FAST, FLAT, EVEN_N)
     for i in range(n_full):
         dist = tl.where(phase == 0, 0, reset_every - phase)  # steps until the next segment start
-        h = _fwd_chunk(h, i * CHUNK, tok + i * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix,
-                       u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile, N * n_channels, n_channels, last_tile,
-                       su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
-                       N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
-                       B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
+        if PREFETCH:
+            # chunk i+1's loads are issued before chunk i's arithmetic: with one warp per program
+            # nothing else hides their latency. The last iteration reloads its own chunk (in bounds,
+            # unused): cheaper than peeling it off the loop.
+            more = i + 1 < n_full
+            pos_n = pos + CHUNK
+            wrap_n = pos_n >= length
+            pos_n = tl.where(more, tl.where(wrap_n, pos_n - length, pos_n), pos)
+            row_n = tl.where(more, row + wrap_n.to(tl.int32), row)
+            cB, cC, cu, cdt, cz = nB, nC, nu, ndt, nz
+            nB, nC, nu, ndt, nz = _fwd_load(i * CHUNK, tok + tl.where(more, i + 1, i) * CHUNK, row_n, pos_n, total,
+                                            length, mask_d, mask_n, u_base, dt_base, z_base, B_base, C_base, su_b,
+                                            su_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sC_b, sC_l, CHUNK, False,
+                                            EVEN_D, HAS_Z, B_FIXED, C_FIXED, FAST, FLAT, EVEN_N)
+            h = _fwd_compute(h, cB, cC, cu, cdt, cz, i * CHUNK, tok + i * CHUNK, row, pos, dist, total, length,
+                             mask_d, mask_n, A2, d_skip, bias, B_fix, C_fix, out_base, hs_tile, N * n_channels,
+                             n_channels, last_tile, so_b, so_l, sl_b,
+                             N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
+                             B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
+        else:
+            h = _fwd_chunk(h, i * CHUNK, tok + i * CHUNK, row, pos, dist, total, length, mask_d, mask_n, A2, d_skip,
+                           bias, B_fix, C_fix, u_base, dt_base, z_base, out_base, B_base, C_base, hs_tile,
+                           N * n_channels, n_channels, last_tile,
+                           su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, so_b, so_l, sB_b, sB_l, sC_b, sC_l, sl_b,
+                           N, False, CHUNK, CKPT, EVEN_D, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_RESET,
+                           B_FIXED, C_FIXED, SAVE_HS, SAVE_LAST, FAST, FLAT, EVEN_N)
         pos += CHUNK
         wrap = pos >= length
         pos = tl.where(wrap, pos - length, pos)
@@ -757,6 +851,15 @@ def interpreting() -> bool:
 LANE_REDUCE_ENV = "SF_MAMBA_SCAN_LANE_REDUCE"
 
 
+PREFETCH_ENV = "SF_MAMBA_SCAN_PREFETCH"
+
+
+def prefetch_enabled() -> bool:
+    """The forward loads chunk i+1 while it computes chunk i (default on; ``SF_MAMBA_SCAN_PREFETCH=0``
+    turns it off, e.g. to measure what it buys on a GPU)."""
+    return os.environ.get(PREFETCH_ENV, "1") not in ("0", "")
+
+
 def lane_reduce_enabled() -> bool:
     """The backward's dB/dC lane reduce-scatter (default on; ``SF_MAMBA_SCAN_LANE_REDUCE=0`` selects the
     per-value shuffle tree, e.g. to compare the two on a GPU)."""
@@ -860,6 +963,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 FAST=not interpreting(), OFF64=not _offsets_fit_int32(u, delta, zz, out, B, C, last),
                 SAME_TIME_STRIDES=_same_time_strides([u, delta, zz, out], [B, C]),
                 CHANNEL_UNIT=_channel_unit_bits(u, delta, zz, out), FLAT=_flat_rows([u, delta, zz, out], [B, C]),
+                PREFETCH=prefetch_enabled(),
                 EVEN_N=n_state == cfg["N"],
                 num_warps=cfg["num_warps"], maxnreg=FWD_SAVE_MAX_REGS if save else FWD_MAX_REGS,
             )
