@@ -138,11 +138,11 @@ def lane_reduce_off_cases(cpu):
 
 
 def check_cases_fallbacks_off(cases, device, label):
-    """The cases with both fallbacks: the dB/dC shuffle tree and the forward without prefetch."""
+    """The cases on the non-default paths: the dB/dC shuffle tree and the prefetching forward."""
     from sf_mamba_kernels.selective_scan import triton_scan
 
     before = os.environ.get(triton_scan.PREFETCH_ENV)
-    os.environ[triton_scan.PREFETCH_ENV] = "0"
+    os.environ[triton_scan.PREFETCH_ENV] = "1"
     try:
         return check_cases_lane_reduce_off(cases, device, label)
     finally:
@@ -355,7 +355,8 @@ def _case_worker_labelled(job):
     from sf_mamba_kernels.selective_scan import triton_scan
 
     os.environ[triton_scan.LANE_REDUCE_ENV] = lane_reduce
-    os.environ[triton_scan.PREFETCH_ENV] = lane_reduce  # "0": both fallbacks
+    # the shuffle-tree jobs also run the prefetching forward: every non-default path gets checked
+    os.environ[triton_scan.PREFETCH_ENV] = "1" if lane_reduce == "0" else "0"
     rows = check_cases([case], torch.device("cuda", 0), "")
     for row in rows:
         row["check"] = label
@@ -368,7 +369,7 @@ def _warm_worker(job):
     from sf_mamba_kernels.selective_scan import triton_scan
 
     os.environ[triton_scan.LANE_REDUCE_ENV] = lane_reduce
-    os.environ[triton_scan.PREFETCH_ENV] = lane_reduce  # the "0" jobs warm both fallbacks
+    os.environ[triton_scan.PREFETCH_ENV] = "1" if lane_reduce == "0" else "0"  # both forward variants
     inputs = make_scan_inputs(2, channels, 8, length, dtype=DTYPES[dtype_name], has_z=False, device="cuda",
                               layout="model")
     for mode in ("fwd", "fwdbwd"):
@@ -489,7 +490,7 @@ def main(argv=None):
         def parallel_checks():
             jobs = ([("triton vs reference", case, "1") for case in scan_cases(False)]
                     + [("backward vs reference", case, "1") for case in reverse_cases(False)]
-                    + [("fallbacks (no lane reduce, no prefetch) vs reference", case, "0")
+                    + [("shuffle tree + prefetch vs reference", case, "0")
                        for case in lane_reduce_off_cases(False)])
             labelled = [(f"{label}: {case[0]}", case, lane) for label, case, lane in jobs]
             rows = run_parallel(labelled, _case_worker_labelled, args.jobs, log)
@@ -509,7 +510,7 @@ def main(argv=None):
                   ("backward reverse scan", lambda: check_cases(reverse_cases(args.cpu), device,
                                                                 "backward vs reference")),
                   ("shuffle-tree dB/dC", lambda: check_cases_fallbacks_off(lane_reduce_off_cases(args.cpu), device,
-                                                                          "fallbacks (no lane reduce, no prefetch) vs reference"))]
+                                                                          "shuffle tree + prefetch vs reference"))]
     checks += [("fold invariance", lambda: check_fold_invariance(device, args.cpu)),
               ("strided / non-finite", lambda: check_strided_and_nonfinite(device, args.cpu)),
               ("backend / mamba_ssm", lambda: check_backend_and_mamba(device)),
@@ -576,21 +577,22 @@ def main(argv=None):
 
         stage("fwd+bwd timings, shuffle-tree dB/dC", shuffle_tree_timings)
 
-        def no_prefetch_timings():
-            """The forward without the next-chunk prefetch: what the latency hiding buys."""
+        def toggled_prefetch_timings():
+            """The forward with the next-chunk prefetch toggled from its default: what latency hiding buys."""
             from sf_mamba_kernels.selective_scan import triton_scan
 
-            os.environ[triton_scan.PREFETCH_ENV] = "0"
+            other = "0" if triton_scan.prefetch_enabled() else "1"
+            os.environ[triton_scan.PREFETCH_ENV] = other
             try:
                 rows = []
                 run_timings(device, args, deadline - reserve - 45, log, rows, "fwd",
                             [("bfloat16", L, ch, b) for L in ints(args.seq_lens) for ch in SSM_WIDTHS["T"]
                              for b in ints(args.batches)])
-                report["fwd_timings_no_prefetch"] = rows
+                report[f"fwd_timings_prefetch_{'on' if other == '1' else 'off'}"] = rows
             finally:
                 os.environ.pop(triton_scan.PREFETCH_ENV, None)
 
-        stage("forward timings, no prefetch", no_prefetch_timings)
+        stage("forward timings, prefetch toggled", toggled_prefetch_timings)
         stage("forward timings", lambda: timings("fwd", fwd_shapes, deadline - reserve - 30))
 
         def sweep():

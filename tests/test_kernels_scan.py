@@ -293,15 +293,16 @@ def test_backward_picks_the_lane_reduce_for_full_warps(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["reset_mid_chunk_ragged_tail", "k1_no_reset_ragged", "fixed_b_variable_c",
-                                  "partial_channel_block"])
-def test_forward_without_prefetch_matches_reference(case, monkeypatch):
-    """SF_MAMBA_SCAN_PREFETCH=0: the forward loads each chunk where it computes it (the fallback)."""
-    monkeypatch.setenv(triton_scan.PREFETCH_ENV, "0")
+                                  "partial_channel_block", "reset_every_token", "fold_without_reset_leaks"])
+def test_prefetching_forward_matches_reference(case, monkeypatch):
+    """SF_MAMBA_SCAN_PREFETCH=1: chunk i+1 is loaded while chunk i is computed (the last iteration
+    reloads its own chunk); ragged tails, CHUNK 1, resets and leaks must not notice."""
+    monkeypatch.setenv(triton_scan.PREFETCH_ENV, "1")
     test_matches_fp64_reference(case)
 
 
-def test_prefetch_is_the_default_and_can_be_turned_off(monkeypatch):
+def test_prefetch_is_opt_in_until_a_gpu_times_it(monkeypatch):
     monkeypatch.delenv(triton_scan.PREFETCH_ENV, raising=False)
-    assert triton_scan.prefetch_enabled()
-    monkeypatch.setenv(triton_scan.PREFETCH_ENV, "0")
     assert not triton_scan.prefetch_enabled()
+    monkeypatch.setenv(triton_scan.PREFETCH_ENV, "1")
+    assert triton_scan.prefetch_enabled()
