@@ -34,6 +34,7 @@ static estimates, and measures nothing. Inputs come from ``selective_scan.testin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -137,33 +138,28 @@ def lane_reduce_off_cases(cpu):
             ("fp32 D=64 groups=2 N=16, shuffle tree", 4, 128, 16, 49, 2, 49, torch.float32, dict(groups=2))]
 
 
+@contextlib.contextmanager
+def scan_env(**values):
+    """Set the scan's path switches (``LANE_REDUCE_ENV="0"`` ...) for a block, restoring them after."""
+    from sf_mamba_kernels.selective_scan import triton_scan
+
+    names = {getattr(triton_scan, key): value for key, value in values.items()}
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def check_cases_fallbacks_off(cases, device, label):
     """The cases on the non-default paths: the dB/dC shuffle tree and the prefetching forward."""
-    from sf_mamba_kernels.selective_scan import triton_scan
-
-    before = os.environ.get(triton_scan.PREFETCH_ENV)
-    os.environ[triton_scan.PREFETCH_ENV] = "1"
-    try:
-        return check_cases_lane_reduce_off(cases, device, label)
-    finally:
-        if before is None:
-            os.environ.pop(triton_scan.PREFETCH_ENV)
-        else:
-            os.environ[triton_scan.PREFETCH_ENV] = before
-
-
-def check_cases_lane_reduce_off(cases, device, label):
-    from sf_mamba_kernels.selective_scan import triton_scan
-
-    before = os.environ.get(triton_scan.LANE_REDUCE_ENV)
-    os.environ[triton_scan.LANE_REDUCE_ENV] = "0"
-    try:
+    with scan_env(LANE_REDUCE_ENV="0", PREFETCH_ENV="1"):
         return check_cases(cases, device, label)
-    finally:
-        if before is None:
-            os.environ.pop(triton_scan.LANE_REDUCE_ENV)
-        else:
-            os.environ[triton_scan.LANE_REDUCE_ENV] = before
 
 
 def check_cases(cases, device, label):
@@ -352,12 +348,9 @@ def run_model(device, deadline, log, rounds=3, repeats=10):
 def _case_worker_labelled(job):
     """One correctness case in a worker process (GPU mode): triton compiles in parallel."""
     label, case, lane_reduce = job
-    from sf_mamba_kernels.selective_scan import triton_scan
-
-    os.environ[triton_scan.LANE_REDUCE_ENV] = lane_reduce
     # the shuffle-tree jobs also run the prefetching forward: every non-default path gets checked
-    os.environ[triton_scan.PREFETCH_ENV] = "1" if lane_reduce == "0" else "0"
-    rows = check_cases([case], torch.device("cuda", 0), "")
+    with scan_env(LANE_REDUCE_ENV=lane_reduce, PREFETCH_ENV="1" if lane_reduce == "0" else "0"):
+        rows = check_cases([case], torch.device("cuda", 0), "")
     for row in rows:
         row["check"] = label
     return rows
@@ -366,14 +359,11 @@ def _case_worker_labelled(job):
 def _warm_worker(job):
     """Compile a timing configuration (a tiny call with the same specialisation) into triton's disk cache."""
     dtype_name, length, channels, lane_reduce = job
-    from sf_mamba_kernels.selective_scan import triton_scan
-
-    os.environ[triton_scan.LANE_REDUCE_ENV] = lane_reduce
-    os.environ[triton_scan.PREFETCH_ENV] = "1" if lane_reduce == "0" else "0"  # both forward variants
     inputs = make_scan_inputs(2, channels, 8, length, dtype=DTYPES[dtype_name], has_z=False, device="cuda",
                               layout="model")
-    for mode in ("fwd", "fwdbwd"):
-        bench.scan_call(inputs, fold=1, reset_every=length, backend="triton", mode=mode)()
+    with scan_env(LANE_REDUCE_ENV=lane_reduce, PREFETCH_ENV="1" if lane_reduce == "0" else "0"):  # both forwards
+        for mode in ("fwd", "fwdbwd"):
+            bench.scan_call(inputs, fold=1, reset_every=length, backend="triton", mode=mode)()
     torch.cuda.synchronize()
     return []
 
@@ -564,16 +554,11 @@ def main(argv=None):
 
         def shuffle_tree_timings():
             """The same fwd+bwd with the dB/dC shuffle-tree fallback: what the reduce-scatter buys."""
-            from sf_mamba_kernels.selective_scan import triton_scan
-
-            os.environ[triton_scan.LANE_REDUCE_ENV] = "0"
-            try:
+            with scan_env(LANE_REDUCE_ENV="0"):
                 rows = []
                 run_timings(device, args, deadline - reserve - 60, log, rows, "fwdbwd",
                             [("bfloat16", L, 160 if L > 100 else 320, 128) for L in ints(args.seq_lens)])
                 report["fwdbwd_timings_shuffle_tree"] = rows
-            finally:
-                os.environ.pop(triton_scan.LANE_REDUCE_ENV, None)
 
         stage("fwd+bwd timings, shuffle-tree dB/dC", shuffle_tree_timings)
 
@@ -582,15 +567,12 @@ def main(argv=None):
             from sf_mamba_kernels.selective_scan import triton_scan
 
             other = "0" if triton_scan.prefetch_enabled() else "1"
-            os.environ[triton_scan.PREFETCH_ENV] = other
-            try:
+            with scan_env(PREFETCH_ENV=other):
                 rows = []
                 run_timings(device, args, deadline - reserve - 45, log, rows, "fwd",
                             [("bfloat16", L, ch, b) for L in ints(args.seq_lens) for ch in SSM_WIDTHS["T"]
                              for b in ints(args.batches)])
                 report[f"fwd_timings_prefetch_{'on' if other == '1' else 'off'}"] = rows
-            finally:
-                os.environ.pop(triton_scan.PREFETCH_ENV, None)
 
         stage("forward timings, prefetch toggled", toggled_prefetch_timings)
         stage("forward timings", lambda: timings("fwd", fwd_shapes, deadline - reserve - 30))

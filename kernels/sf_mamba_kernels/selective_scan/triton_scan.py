@@ -142,14 +142,21 @@ def _time_offsets(row, pos, length, s_b, s_l, kk):
 
 
 @triton.jit
+def _opaque(x, FAST: tl.constexpr):
+    """``x`` through an inline-asm move LLVM cannot see through (int32 offsets it would otherwise
+    re-fold into a multiply per use, or hoist into one 64-bit pointer per state)."""
+    if FAST:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=True, pack=1)
+    return x
+
+
+@triton.jit
 def _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: tl.constexpr):
     """Forward time offsets; FLAT (s_b == length * s_l: rows back to back, the model's views) needs no
     row-end test: step k of the stream is token ``tok + k`` (tok = row * length + pos)."""
     if FLAT:
-        ko = kk * s_l
-        if FAST:  # opaque: LLVM would fold tok * s_l + kk * s_l back to (tok + kk) * s_l, a multiply per step
-            ko = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [ko], dtype=ko.dtype, is_pure=True, pack=1)
-        return tok * s_l + ko
+        # opaque: LLVM would fold tok * s_l + kk * s_l back to (tok + kk) * s_l, a multiply per step
+        return tok * s_l + _opaque(kk * s_l, FAST)
     return _time_offsets(row, pos, length, s_b, s_l, kk)
 
 
@@ -166,10 +173,7 @@ def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED:
 def _fwd_ptrs(base, tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: tl.constexpr):
     """[CHUNK, BLOCK_D] pointers of a (batch, channels, L) tensor (base: [1, BLOCK_D])."""
     if FLAT:  # the chunk's pointer, then the step offsets (opaque: LLVM would re-fold them per step)
-        ko = kk * s_l
-        if FAST:
-            ko = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [ko], dtype=ko.dtype, is_pure=True, pack=1)
-        return (base + tok * s_l) + ko[:, None]
+        return (base + tok * s_l) + _opaque(kk * s_l, FAST)[:, None]
     return base + _time_offsets(row, pos, length, s_b, s_l, kk)[:, None]
 
 
@@ -329,10 +333,7 @@ def _fwd_compute(h, Bc, Cc, u, dt, zt, j0, tok, row, pos, dist, total, length, m
                 ck = (j0 + k) // CKPT
                 # hs_tile: one pointer per lane; the state offsets are opaque, so they stay uniform
                 # registers instead of N hoisted 64-bit pointers (the register cap spilled those)
-                no = tl.arange(0, N) * hs_n
-                if FAST:
-                    no = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [no], dtype=no.dtype, is_pure=True,
-                                                   pack=1)
+                no = _opaque(tl.arange(0, N) * hs_n, FAST)
                 if MASKED or not EVEN_D or not EVEN_N:
                     tl.store((hs_tile + ck * hs_step) + no[:, None], h,
                              mask=mask_n[:, None] & mask_d[None, :] & (j0 + k < total))
