@@ -16,7 +16,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("sf_mamba.models.cli", "list the registered variants with their parameter counts"),
+    "models": ("sf_mamba.bench.params", "list the registered variants with their parameter counts"),
     "data": ("sf_mamba.data.cli", "materialise the small real offline datasets (ImageFolder layout)"),
     "train": ("sf_mamba.train.cli", "train a classifier (timm components, auto-resume, DDP)"),
     "eval": ("sf_mamba.train.evaluate", "evaluate a checkpoint: top-1/top-5"),
@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fold-sweep": ("sf_mamba.bench.fold_sweep", "CPU fold-invariance check and scan timings, fold k vs 1"),
     "launch": ("sf_mamba.launch.submit", "run a job through submitit (Slurm, local or debug) and wait"),
     "gather": ("sf_mamba.report.gather", "collect metrics.json files into one tidy CSV"),
-    "report": ("sf_mamba.report.render", "render paper-style tables, plots and the reproduction check"),
+    "report": ("sf_mamba.report.command", "render paper-style tables, plots and the reproduction check"),
     "seg-data": ("sf_mamba.seg.data", "materialise the small real offline segmentation set"),
     "seg-train": ("sf_mamba.seg.train", "train a UperNet segmentor on mmsegmentation"),
     "seg-test": ("sf_mamba.seg.test", "evaluate a segmentor checkpoint: mIoU/mAcc/aAcc"),
