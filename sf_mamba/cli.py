@@ -2,7 +2,9 @@
 
 Each subcommand module defines ``add_arguments(parser)`` and ``main(args) -> int``; it is imported
 only when its subcommand runs, so a command imports only what it needs (``launch``, ``gather`` and
-``report`` never import torch) and optional extras stay optional. A subcommand reports bad input with
+``report`` never import torch) and optional extras stay optional. Importing a subcommand module and
+building its parser must stay light (no torch, timm, matplotlib, pandas, OpenMMLab: tests/test_cli.py):
+heavy imports live in the functions that run, so ``sf_mamba <command> --help`` is instant. A subcommand reports bad input with
 :func:`sf_mamba.utils.cli.fail`; this entry point prints it as one line and exits 2.
 The workflow talks to the package only through these commands and the files they write.
 """
