@@ -2,7 +2,9 @@
 
 Each subcommand module defines ``add_arguments(parser)`` and ``main(args) -> int``; it is imported
 only when its subcommand runs, so a command imports only what it needs (``launch``, ``gather`` and
-``report`` never import torch) and optional extras stay optional. A subcommand reports bad input with
+``report`` never import torch) and optional extras stay optional. Importing a subcommand module and
+building its parser must stay light (no torch, timm, matplotlib, pandas, OpenMMLab: tests/test_cli.py):
+heavy imports live in the functions that run, so ``sf_mamba <command> --help`` is instant. A subcommand reports bad input with
 :func:`sf_mamba.utils.cli.fail`; this entry point prints it as one line and exits 2.
 The workflow talks to the package only through these commands and the files they write.
 """
@@ -16,7 +18,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("sf_mamba.models.cli", "list the registered variants with their parameter counts"),
+    "models": ("sf_mamba.bench.params", "list the registered variants with their parameter counts"),
     "data": ("sf_mamba.data.cli", "materialise the small real offline datasets (ImageFolder layout)"),
     "train": ("sf_mamba.train.cli", "train a classifier (timm components, auto-resume, DDP)"),
     "eval": ("sf_mamba.train.evaluate", "evaluate a checkpoint: top-1/top-5"),
@@ -27,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fold-sweep": ("sf_mamba.bench.fold_sweep", "CPU fold-invariance check and scan timings, fold k vs 1"),
     "launch": ("sf_mamba.launch.submit", "run a job through submitit (Slurm, local or debug) and wait"),
     "gather": ("sf_mamba.report.gather", "collect metrics.json files into one tidy CSV"),
-    "report": ("sf_mamba.report.render", "render paper-style tables, plots and the reproduction check"),
+    "report": ("sf_mamba.report.command", "render paper-style tables, plots and the reproduction check"),
     "seg-data": ("sf_mamba.seg.data", "materialise the small real offline segmentation set"),
     "seg-train": ("sf_mamba.seg.train", "train a UperNet segmentor on mmsegmentation"),
     "seg-test": ("sf_mamba.seg.test", "evaluate a segmentor checkpoint: mIoU/mAcc/aAcc"),

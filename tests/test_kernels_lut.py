@@ -1,6 +1,7 @@
 """Fold LUT: nearest-entry lookup, fallbacks, atomic writes and the `sf_mamba lut` CLI on CPU."""
 
 import argparse
+import inspect
 import json
 
 import pytest
@@ -132,3 +133,14 @@ def test_cli_dispatch_reaches_lut(capsys, table_path):
     write(table_path, {})
     assert main(["lut", "show"]) == 0
     assert "empty" in capsys.readouterr().out
+
+
+def test_build_defaults_are_bench_defaults_and_help_names_the_table_variable(capsys):
+    """lut_cli builds its parser without torch: unset shape options mean .bench's defaults, and the
+    --out help spells the environment variable that .lut reads."""
+    args = parse(["build"])
+    assert all(getattr(args, name) is None for name in lut_cli._SHAPE_OPTIONS)
+    assert set(lut_cli._SHAPE_OPTIONS) <= set(inspect.signature(bench.measure_lut_entries).parameters)
+    with pytest.raises(SystemExit):
+        parse(["build", "--help"])
+    assert f"${lut.LUT_PATH_ENV}" in capsys.readouterr().out

@@ -27,13 +27,16 @@ import argparse
 import io
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is imported where it runs, so that `sf_mamba probe --help` stays instant
+    import torch
+    import torch.nn as nn
 
 
 def _stage3_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     captured: dict[str, torch.Tensor] = {}
 
     def hook(_module, args):
@@ -81,6 +84,8 @@ def mass_ratios(mass: torch.Tensor, query: tuple[int, int]) -> dict[str, float]:
 
 def probe_model(model: nn.Module, img_size: int = 224, batch: int = 2, seed: int = 0,
                 num_queries: int = 8, images: torch.Tensor | None = None) -> dict[str, Any]:
+    import torch
+
     model.eval()
     g = torch.Generator().manual_seed(seed)
     x = images if images is not None else torch.randn(batch, 3, img_size, img_size, generator=g)
@@ -105,6 +110,7 @@ def plot_heatmaps(entries: list[dict], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
     from matplotlib.patches import Rectangle
 
     from sf_mamba.utils.io import atomic_write_bytes
@@ -138,6 +144,8 @@ def plot_heatmaps(entries: list[dict], path: str | Path) -> None:
 def run_probe(model_name: str = "sf_mamba_t", scans=("swap", "uni"), attention=(False, True),
               img_size: int = 224, batch: int = 2, seed: int = 0, num_queries: int = 8,
               model_kwargs: dict | None = None, checkpoint: str | None = None) -> list[dict]:
+    import torch
+
     from sf_mamba.utils.cli import create_model, fail, load_checkpoint, shorten
 
     state = None

@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where it runs, so that `sf_mamba flops --help` stays instant
+    import torch.nn as nn
 
 CONVENTION = ("macs: conv/linear MACs (MambaVision/ptflops convention: functional attention and the scan "
               "excluded); attention_macs: QK^T and AV MACs, analytic; macs_with_attention = macs + "
@@ -44,6 +43,8 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 
 
 def _custom_mapping() -> dict:
+    import torch
+
     aten = torch.ops.aten
     mapping = {}
     for name in ("_scaled_dot_product_flash_attention_for_cpu",):
@@ -89,6 +90,7 @@ def attention_counter():
     """Count ``F.scaled_dot_product_attention`` analytically (torch's SDPA formula: QK^T and AV
     matmuls) whatever kernel the backend picks (fused CPU/flash kernels or the decomposed math path),
     and hide the call from the FLOP counter so it is counted exactly once. Yields ``{'flops', 'calls'}``."""
+    import torch.nn.functional as F
     from torch.utils._python_dispatch import _disable_current_modes
     from torch.utils.flop_counter import sdpa_flop_count
 
@@ -111,6 +113,7 @@ def attention_counter():
 def count_flops(model: nn.Module, input_size: tuple = (3, 224, 224), batch: int = 1,
                 device: Any = "cpu") -> dict[str, Any]:
     """Count MACs (scan excluded) and scan FLOPs for one forward pass of ``model`` in eval mode."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     if len(input_size) == 2:

@@ -24,22 +24,29 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is imported where it runs: `sf_mamba bench --help` stays instant
+    import torch
+    import torch.nn as nn
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def measure_throughput(model: nn.Module, input_size: tuple = (3, 224, 224), batch_size: int = 128,
-                       device: Any = None, amp: bool | None = None, amp_dtype: torch.dtype = torch.float16,
+                       device: Any = None, amp: bool | None = None, amp_dtype: torch.dtype | None = None,
                        channels_last: bool | None = None, warmup: int | None = None, iters: int | None = None,
                        repeats: int = 1) -> dict[str, Any]:
-    """Measure img/s of ``model`` (moved to ``device``, switched to eval; restored to train if it was)."""
+    """Measure img/s of ``model`` (moved to ``device``, switched to eval; restored to train if it was);
+    ``amp_dtype`` defaults to float16."""
+    import torch
+
+    amp_dtype = torch.float16 if amp_dtype is None else amp_dtype
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     amp = cuda if amp is None else amp  # CPU autocast (bfloat16, float16) is real too: honour it
@@ -107,6 +114,8 @@ def main(args: argparse.Namespace) -> int:
     from sf_mamba.utils.cli import (check_output_path, create_model, fail, parse_json_object, print_json,
                                     write_json_result)
     from sf_mamba.utils.provenance import build_meta
+
+    import torch
 
     try:
         device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")

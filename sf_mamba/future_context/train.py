@@ -23,16 +23,13 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where it runs, so that `sf_mamba fc-train --help` stays instant
+    import torch
+    import torch.nn as nn
 
-from sf_mamba.future_context.data import NUM_CLASSES, build_task
-from sf_mamba.future_context.metrics import per_image_confusion, region_scores
-from sf_mamba.future_context.model import DenseHeadSegmenter
+    from sf_mamba.future_context.model import DenseHeadSegmenter
 
 PROBE_KEYS = ("far_future_mass_ratio_mean", "future_mass_ratio_mean", "far_future_mass_ratio",
               "future_mass_ratio", "past_mass_ratio", "self_mass_ratio")
@@ -48,15 +45,20 @@ def default_window(img_size: int) -> list[int]:
 
 
 def seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    import torch
+
     model.eval()
-    return torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -77,6 +79,13 @@ def run(model_name: str = "sf_mamba_micro2", model_kwargs: dict | None = None, i
         limit: int | None = None, probe_images: int = 16, out_dir: str | Path | None = None,
         log=print) -> dict[str, Any]:
     """Train, evaluate, checkpoint, probe. Returns the metrics dict (also written when ``out_dir``)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from sf_mamba.future_context.data import NUM_CLASSES, build_task
+    from sf_mamba.future_context.metrics import per_image_confusion, region_scores
+    from sf_mamba.future_context.model import DenseHeadSegmenter
     from sf_mamba.utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
     if epochs < 1 or batch_size < 1 or lr <= 0:
@@ -172,6 +181,10 @@ def run(model_name: str = "sf_mamba_micro2", model_kwargs: dict | None = None, i
 
 
 def load_checkpoint(path: str | Path) -> DenseHeadSegmenter:
+    import torch
+
+    from sf_mamba.future_context.model import DenseHeadSegmenter
+
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = DenseHeadSegmenter(ckpt["model_name"], ckpt["num_classes"], ckpt["model_kwargs"],
                                out_size=ckpt.get("out_size"))
@@ -195,6 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from sf_mamba.utils.cli import check_output_path, fail, parse_json_object, print_json
 
     kwargs = parse_json_object(args.model_kwargs)

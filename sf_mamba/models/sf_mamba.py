@@ -40,11 +40,11 @@ from timm.layers import DropPath, Mlp, register_notrace_function, register_notra
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from sf_mamba.model_names import SCANS
 from sf_mamba_kernels.selective_scan import BACKENDS, check_fold, selective_scan_fn
 
 __all__ = ["SFMamba", "VARIANTS", "VariantSpec", "SCANS", "AUX_INITS", "AUX_DISCARDS"]
 
-SCANS = ("swap", "uni", "bi_parallel", "bi_series", "cross4", "adventurer")
 AUX_INITS = ("learnable", "mean")
 AUX_DISCARDS = ("before_attention", "stage_end")
 DIRECTIONS_PER_MIXER = {"swap": 1, "uni": 1, "bi_series": 1, "bi_parallel": 2, "cross4": 4, "adventurer": 1}

@@ -56,14 +56,22 @@ for _t in (SEG, DET):  # metrics.json keys never clash with the bookkeeping keys
 METRIC_KEYS = SEG.metric_keys  # backwards-compatible name (segmentation)
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmengine.config import DictAction
+class _ConfigOverrides(argparse.Action):
+    """mmengine's ``DictAction`` (``key=value`` pairs into one dict), imported when an override is
+    parsed rather than when the parser is built: ``sf_mamba seg-train --help`` needs no mmengine."""
 
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mmengine.config import DictAction
+
+        DictAction(self.option_strings, self.dest, nargs=self.nargs)(parser, namespace, values, option_string)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="mmseg/mmdet config file (configs/seg/*.py, configs/det/*.py)")
     parser.add_argument("--work-dir", required=True, help="run directory: checkpoints, logs, *.json")
     parser.add_argument("--data-root", default=None,
                         help="dataset root; replaces data_root of the train/val/test datasets")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+    parser.add_argument("--cfg-options", nargs="+", action=_ConfigOverrides, default=None,
                         help="override config keys, mmengine style: key=value (a.b=1 c=[1,2])")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="distributed launcher (torchrun: pytorch; srun: slurm)")

@@ -14,10 +14,8 @@ Rules the renderers keep:
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-RQS = ("rq1_scan", "rq2_fold", "rq3_aux", "rq4_sizes", "rq5_seg",
-       "rq5_det")
+from sf_mamba.report.schema import RQS  # noqa: E402
+
 MISSING = "missing"
 SIZE_ORDER = ["micro", "t", "t2", "s", "b", "l"]
 TITLES = {
@@ -813,26 +811,3 @@ def render(runs_path, out, rq: str | None = None, all_: bool = False, reference_
             raise ValueError(f"--rq must be one of {RQS}, got {rq!r}")
         RENDERERS[rq](runs, out, reference)
     return sorted(p for p in out.rglob("*") if p.is_file())
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", required=True, help="tidy CSV from sf_mamba gather")
-    parser.add_argument("--out", required=True, help="output directory")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--rq", choices=RQS, help="render one research question")
-    group.add_argument("--all", action="store_true", help="every question + reproduction table + index")
-    parser.add_argument("--reference", default="configs/reference/published.yaml",
-                        help="published numbers (YAML) for the reported-vs-reproduced table")
-
-
-def main(args: argparse.Namespace) -> int:
-    from sf_mamba.utils.cli import check_output_path
-
-    check_output_path(args.out, directory=True)
-    try:
-        files = render(args.runs, args.out, rq=args.rq, all_=args.all, reference_path=args.reference)
-    except (OSError, ValueError) as err:
-        print(f"sf_mamba report: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(files)} files under {args.out}")
-    return 0

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LAYOUTS = ("flat", "results", "summary", "rows")
+# the research questions: one workflow target and one renderer each (sf_mamba report --rq)
+RQS = ("rq1_scan", "rq2_fold", "rq3_aux", "rq4_sizes", "rq5_seg", "rq5_det")
 
 
 @dataclass(frozen=True)

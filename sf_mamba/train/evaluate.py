@@ -15,14 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, model_name: str | None = None,
                         use_ema: bool = False, batch_size: int = 128, num_workers: int = 4,
                         img_size: int | None = None, crop_pct: float | None = None,
                         interpolation: str | None = None, device: str | None = None,
                         model_kwargs: dict | None = None, split: str = "validation") -> dict:
+    import torch
     import yaml
     from timm.data import resolve_data_config
 

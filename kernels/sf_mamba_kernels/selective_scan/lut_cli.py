@@ -12,7 +12,9 @@ import argparse
 import os
 import sys
 
-from . import bench, lut
+# .lut and .bench import torch: they load when a command runs, so `sf_mamba lut --help` is instant.
+# Shape options left unset (None) take .bench's defaults, listed in their help.
+_SHAPE_OPTIONS = ("seq_lens", "aux_tokens", "channels", "batches", "dtypes", "folds")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -26,6 +28,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _dtypes(text: str) -> tuple[str, ...]:
+    from . import lut
+
     try:
         return tuple(lut.dtype_name(v.strip()) for v in text.split(",") if v.strip())
     except ValueError as err:
@@ -37,16 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     build = sub.add_parser("build", help="measure the best fold per shape on this GPU and write the table")
     build.add_argument("--out", default=None, help="table to update (default: the package's fold_lut.json, "
-                                                   f"or ${lut.LUT_PATH_ENV})")
-    build.add_argument("--seq-lens", type=_ints, default=bench.DEFAULT_SEQ_LENS,
+                                                   "or $SF_MAMBA_FOLD_LUT)")
+    build.add_argument("--seq-lens", type=_ints, default=None,
                        help="tokens per image before aux tokens (default 49,196)")
-    build.add_argument("--aux-tokens", type=int, default=bench.DEFAULT_AUX_TOKENS,
+    build.add_argument("--aux-tokens", type=int, default=None,
                        help="aux tokens added to every sequence length (default 2)")
-    build.add_argument("--channels", type=_ints, default=bench.DEFAULT_CHANNELS,
+    build.add_argument("--channels", type=_ints, default=None,
                        help="SSM channels = half the stage width (default T/S/B stages 3/4)")
-    build.add_argument("--batches", type=_ints, default=bench.DEFAULT_BATCHES)
-    build.add_argument("--dtypes", type=_dtypes, default=bench.DEFAULT_DTYPES)
-    build.add_argument("--folds", type=_ints, default=bench.DEFAULT_FOLDS, help="candidate fold factors")
+    build.add_argument("--batches", type=_ints, default=None)
+    build.add_argument("--dtypes", type=_dtypes, default=None)
+    build.add_argument("--folds", type=_ints, default=None, help="candidate fold factors")
     build.add_argument("--n-state", type=int, default=8)
     build.add_argument("--mode", choices=("fwd", "fwdbwd"), default="fwd",
                        help="time the forward only (inference) or forward+backward (training)")
@@ -58,15 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _build(args) -> int:
     import torch
 
+    from . import bench, lut
+
     if not torch.cuda.is_available():
         print("sf_mamba lut build: no CUDA GPU is available on this machine; the fold LUT can only be "
               "measured on a GPU (nothing was written)", file=sys.stderr)
         return 2
     gpu = lut.device_name(torch.cuda.current_device())
     print(f"measuring fold LUT on {gpu} (mode={args.mode})")
-    entries = bench.measure_lut_entries(seq_lens=args.seq_lens, aux_tokens=args.aux_tokens, channels=args.channels,
-                                  batches=args.batches, dtypes=args.dtypes, folds=args.folds,
-                                  n_state=args.n_state, mode=args.mode, log=print, rep=args.rep_ms)
+    shapes = {name: getattr(args, name) for name in _SHAPE_OPTIONS if getattr(args, name) is not None}
+    entries = bench.measure_lut_entries(**shapes, n_state=args.n_state, mode=args.mode, log=print, rep=args.rep_ms)
     path = lut.write_entries(entries, gpu, bench.lut_meta(args.mode, args.n_state), args.out)
     print(f"wrote {len(entries)} entries for {gpu!r} to {path}")
     return 0
@@ -93,6 +98,8 @@ def format_table(table: dict) -> str:
 
 
 def main(args) -> int:
+    from . import lut
+
     if args.action == "build":
         return _build(args)
     path = args.path or lut.lut_path()

@@ -1,13 +1,12 @@
-"""``sf_mamba models``: the registered variants with their hyper-parameters and parameter counts."""
+"""``sf_mamba models``: the registered variants with their hyper-parameters and parameter counts.
+
+Lives outside :mod:`sf_mamba.models` (whose import loads torch and timm) so that ``--help`` is instant."""
 
 from __future__ import annotations
 
 import argparse
 
-import timm
-import torch
-
-from .sf_mamba import SCANS, VARIANTS
+from sf_mamba.model_names import SCANS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import timm
+    import torch
+
+    from sf_mamba.models import VARIANTS
+
     print(f"{'model':<16} {'dim':>4} {'depths':<14} {'heads':<14} {'params (M)':>10} {'MambaVision (M)':>16}")
     for variant, spec in VARIANTS.items():
         with torch.device("meta"):  # counting needs neither memory nor initialisation
