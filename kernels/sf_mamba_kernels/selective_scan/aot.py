@@ -25,7 +25,18 @@ No GPU measured any of this: these are compile-time figures.
 
 Uses private triton APIs (``JITFunction.run`` interception, ``create_function_from_signature``,
 ``_pack_args``); written against triton 3.8 (``TRITON_MINOR``). Compiled figures are cached by key
-under ``$SF_MAMBA_AOT_CACHE`` (default ``~/.cache/sf_mamba/aot``).
+(kernel source, signature, constexprs, pointer attributes, options, arch, triton version) under
+``$SF_MAMBA_AOT_CACHE`` (default ``~/.cache/sf_mamba/aot``).
+
+Cost (``--jobs 2``, measured on the 2-core dev machine, triton 3.8): the 288 rows (2 archs x 144
+configs) need 60 distinct compiles; the parent captures each config once (~40 ms: the host wrapper on
+batch-256 CPU tensors), keys it for both archs, and hands each new key to a worker at once, so the
+workers compile while it captures; the rows are then read from the cache without capturing again.
+One compile is ~2.5-3.5 s of CPU in a warm worker, mostly triton's TTGIR (1.1-2.3 s) and LLVM IR
+(0.5-0.9 s) passes (the target enters at TTGIR, so sm_80 and sm_90 share nothing worth reusing),
+then ``cuobjdump -sass`` (~0.45 s) and ptxas (0.2-0.4 s, run once: the ``-v`` figures are read from
+triton's own ptxas log). Cold (both caches empty): ~207 s of CPU in all (the earlier 72 compiles
+without dedupe, a second ptxas run and a second capture pass: ~233-309 s); warm: ~10 s.
 """
 
 from __future__ import annotations
@@ -175,7 +186,10 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
         res = subprocess.run([_tool("ptxas"), "-lineinfo", "-v", "--regAllocOptLevel=2",
                               f"--gpu-name=sm_{arch}{'a' if arch == 90 else ''}", str(src), "-o", str(Path(tmp) / "k.o")],
                              capture_output=True, text=True, check=True)
-    log = res.stderr + res.stdout
+    return _parse_ptxas_log(res.stderr + res.stdout)
+
+
+def _parse_ptxas_log(log: str) -> dict:
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spill_st = int(re.search(r"(\d+) bytes spill stores", log).group(1))
     spill_ld = int(re.search(r"(\d+) bytes spill loads", log).group(1))
@@ -241,22 +255,55 @@ def sass_stats(instrs, elements_per_iteration: int) -> dict:
     )
 
 
-def compile_and_measure(launch, arch: int, *, use_cache: bool = True) -> dict:
+def cached_stats(key: str):
+    """The figures compiled earlier under ``key``, or None."""
+    path = cache_dir() / f"{key}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextlib.contextmanager
+def _ptxas_log_captured():
+    """Make triton print its own ``ptxas -v`` log (``knobs.nvidia.dump_ptxas_log``) and collect it, so
+    the figures come from the very ptxas run that produced the cubin instead of a second one."""
+    import io
+
+    from triton import knobs
+
+    buffer = io.StringIO()
+    if not hasattr(knobs.nvidia, "dump_ptxas_log"):
+        yield buffer  # older triton: the caller runs ptxas itself
+        return
+    before = knobs.nvidia.dump_ptxas_log
+    knobs.nvidia.dump_ptxas_log = True
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield buffer
+    finally:
+        knobs.nvidia.dump_ptxas_log = before
+
+
+def compile_and_measure(launch, arch: int, *, use_cache: bool = True, expect_key: str | None = None) -> dict:
     key, do_compile, constexprs = compile_launch(launch, arch)
+    if expect_key is not None and key != expect_key:
+        raise RuntimeError(f"compile key differs between processes ({key} != {expect_key}): capture is not deterministic")
     path = cache_dir() / f"{key}.json"
     if use_cache and path.exists():
         return json.loads(path.read_text())
-    compiled = do_compile()
+    with _ptxas_log_captured() as ptxas_log:
+        compiled = do_compile()
+    usage = _parse_ptxas_log(ptxas_log.getvalue()) if "Used " in ptxas_log.getvalue() else None
+    if usage is None:  # no log (older triton, or a compile served from triton's own cache)
+        usage = ptxas_usage(compiled.asm["ptx"], arch)
     names = launch[0].arg_names
     const = {names[p[0]]: v for p, v in constexprs.items()}
     chunk = const["CHUNK"]
     ckpt = const.get("CKPT", chunk)  # the backward's chunk is the forward's checkpoint interval
     elements = chunk * const["N"]  # one thread: one channel, N states, CHUNK steps per iteration
-    stats = dict(ptxas_usage(compiled.asm["ptx"], arch), shared_bytes=int(compiled.metadata.shared),
+    stats = dict(usage, shared_bytes=int(compiled.metadata.shared),
                  num_warps=int(compiled.metadata.num_warps), chunk=chunk, ckpt=ckpt, n_state_block=const["N"],
                  block_d=const["BLOCK_D"], **sass_stats(sass_instructions(compiled.asm["cubin"]), elements))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(stats))
     tmp.replace(path)
     return stats
@@ -292,34 +339,62 @@ def all_configs():
 
 def _compile_representative(job) -> str:
     """Worker: compile one (arch, stage, dtype, fold, kernel) config into the cache."""
-    arch, stage, dtype_name, fold, kernel, use_cache = job
-    compile_and_measure(capture_config(stage, dtype_name, fold, kernel), arch, use_cache=use_cache)
-    return f"sm_{arch} {kernel} {dtype_name} fold {fold}"
+    arch, stage, dtype_name, fold, kernel, use_cache, key = job
+    compile_and_measure(capture_config(stage, dtype_name, fold, kernel), arch, use_cache=use_cache, expect_key=key)
+    return f"sm_{arch} {kernel} {dtype_name} stage {stage} fold {fold}"
 
 
-def warm_cache(archs, jobs: int, *, use_cache: bool = True, log=None) -> None:
-    """Compile each distinct kernel once, ``jobs`` processes at a time (folds 2..8 share one compiled
-    kernel: shape ints are runtime values; fold 1 has no reset; the stages differ in B/C alignment)."""
+def warm_cache(archs, jobs: int, *, use_cache: bool = True, log=None) -> dict:
+    """Compile each distinct kernel once, ``jobs`` processes at a time, and return the configs' keys.
+
+    The parent captures every config and computes its compile key per arch (source, signature,
+    constexprs, attributes, options, arch); a key not seen before (and not cached) becomes a job as
+    soon as it is found, so the workers compile while the parent is still capturing. Folds 2..8 share
+    one kernel (shape ints are runtime values; fold 1 has no reset), and fp32 stage 3 and 4 share one
+    (the stages differ only in whether the B/C views are 16-byte aligned, which they both are in
+    fp32): 60 distinct compiles for 288 rows."""
     import multiprocessing
 
-    todo = [(arch, stage, dtype_name, fold, kernel, use_cache) for arch in archs for stage in STAGES
-            for dtype_name in DTYPES for fold in (1, 2) for kernel in KERNELS]
+    keys, seen, pending = {}, set(), []
     env_before = os.environ.pop("TRITON_INTERPRET", None)
     try:
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            for done in pool.imap_unordered(_compile_representative, todo):
-                if log:
-                    log(f"compiled {done}")
+        with contextlib.ExitStack() as stack:
+            pool = None  # started at the first uncached key (its workers import while we capture); never when warm
+            for config in all_configs():
+                launch = capture_config(*config)
+                keys[config] = {}
+                for arch in archs:
+                    key = compile_launch(launch, arch)[0]
+                    keys[config][arch] = key
+                    if key in seen or (use_cache and cached_stats(key) is not None):
+                        continue
+                    seen.add(key)
+                    if pool is None:
+                        pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(jobs))
+                    pending.append(pool.apply_async(_compile_representative,
+                                                    ((arch, *config, use_cache, key),),
+                                                    callback=(lambda done: log(f"compiled {done}")) if log else None))
+                del launch
+            for result in pending:
+                result.get()  # re-raises a worker's compile error here
     finally:
         if env_before is not None:
             os.environ["TRITON_INTERPRET"] = env_before
+    if log:
+        log(f"{len(seen)} compiled, {len({k for ks in keys.values() for k in ks.values()})} distinct keys "
+            f"for {sum(len(ks) for ks in keys.values())} rows")
+    return keys
 
 
-def build_rows(arch: int, *, use_cache: bool = True, log=None) -> list[dict]:
+def build_rows(arch: int, *, use_cache: bool = True, log=None, keys=None) -> list[dict]:
+    """One row per config; with ``keys`` (from ``warm_cache``) the figures are read from the cache
+    without capturing the launch again."""
     rows = []
-    for stage, dtype_name, fold, kernel in all_configs():
-        launch = capture_config(stage, dtype_name, fold, kernel)
-        stats = compile_and_measure(launch, arch, use_cache=use_cache)
+    for config in all_configs():
+        stage, dtype_name, fold, kernel = config
+        stats = cached_stats(keys[config][arch]) if keys is not None and use_cache else None
+        if stats is None:
+            stats = compile_and_measure(capture_config(*config), arch, use_cache=use_cache)
         shape = STAGES[stage]
         fig = dict(stats, d_state=D_STATE)
         est = static_model.estimate(fig, kernel, BATCH, shape["length"], shape["channels"], D_STATE, fold,
@@ -387,11 +462,12 @@ def main(argv=None) -> int:
         print("error: unset TRITON_INTERPRET: the AOT tool compiles, it does not interpret", file=sys.stderr)
         return 2
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
+    keys = None
     if args.jobs > 1:
-        warm_cache(args.arch, args.jobs, use_cache=not args.no_cache, log=log)
+        keys = warm_cache(args.arch, args.jobs, use_cache=not args.no_cache, log=log)
         args.no_cache = False  # the rows below now read what the workers compiled
     for arch in args.arch:
-        rows = build_rows(arch, use_cache=not args.no_cache, log=log)
+        rows = build_rows(arch, use_cache=not args.no_cache, log=log, keys=keys)
         write_json(Path(args.out_dir) / f"aot_sm{arch}.json", rows)
         if args.table:
             print(markdown_table(rows))
