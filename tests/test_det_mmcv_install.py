@@ -72,9 +72,19 @@ def test_wheel_tags_match_this_interpreter():
     assert py == f"cp{sys.version_info.major}{sys.version_info.minor}" and "-" not in plat and "." not in plat
 
 
-def test_makefile_calls_the_script_and_lite_is_opt_in():
+def test_makefile_calls_the_script_and_lite_is_opt_in(tmp_path):
     text = (REPO / "Makefile").read_text()
-    assert "tools/install_mmcv.py" in text and "MMCV ?= full" in text
+    assert "tools/install_mmcv.py" in text and "MMCV ?=" in text
+    # the venv keeps its mode: a lite stamp (newer than every prerequisite) makes a plain `make venv`
+    # a no-op, and asking for full reinstalls
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".sf-mamba-installed-mmcv-lite").touch()
+    kept = subprocess.run(["make", "-n", "venv", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True)
+    assert "install_mmcv.py" not in kept.stdout, kept.stdout + kept.stderr
+    switched = subprocess.run(["make", "-n", "venv", "MMCV=full", f"VENV={venv}"], cwd=REPO, capture_output=True,
+                              text=True)
+    assert "--mode auto" in switched.stdout, switched.stdout + switched.stderr
     dry = subprocess.run(["make", "-n", "-B", "venv", "MMCV=lite", "VENV=/nonexistent-venv"], cwd=REPO,
                          capture_output=True, text=True)
     assert "--mode lite" in dry.stdout, dry.stdout + dry.stderr
