@@ -37,7 +37,7 @@ def load_device_check():
     return module
 
 
-def captured(case, lane_reduce: str, prefetch: str, device_check):
+def captured(case, switches: dict, device_check):
     """The launches one correctness case makes (forward with checkpoints, backward, last state)."""
     import torch
 
@@ -47,7 +47,7 @@ def captured(case, lane_reduce: str, prefetch: str, device_check):
     _name, batch, channels, n_state, length, fold, reset_every, dtype, opts = case
     inputs = make_scan_inputs(batch, channels, n_state, length, dtype=dtype, requires_grad=True, **opts)
     args = [inputs[name] for name in SCAN_ARGS]
-    with device_check.scan_env(LANE_REDUCE_ENV=lane_reduce, PREFETCH_ENV=prefetch), aot.captured_launches() as launches:
+    with device_check.scan_env(**switches), aot.captured_launches() as launches:
         out = triton_scan.selective_scan_triton(*args, True, False, reset_every, fold)
         out.backward(torch.randn_like(out))
         with torch.no_grad():
@@ -72,12 +72,12 @@ def main(argv=None) -> int:
     from sf_mamba_kernels.selective_scan import aot
 
     device_check = load_device_check()
-    cases = device_check.scan_cases(False) + device_check.reverse_cases(False) + device_check.lane_reduce_off_cases(False)
+    cases = [case for _label, group, _switches in device_check.case_groups(False) for case in group]
     cases = cases[:args.limit] if args.limit else cases
     start, compiled, failures = time.monotonic(), set(), []
     for case in cases:
-        for lane_reduce, prefetch in (("1", "0"), ("0", "1")):  # the defaults, then both switches flipped
-            for launch in captured(case, lane_reduce, prefetch, device_check):
+        for switches in ({}, device_check.FLIPPED):  # the defaults, then both switches flipped
+            for launch in captured(case, switches, device_check):
                 key, compile_now, _ = aot.compile_launch(launch, args.arch)
                 if key in compiled:
                     continue
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                     compile_now()
                 except Exception as err:  # report every failing kernel, not just the first
                     failures.append(key)
-                    print(f"FAIL {case[0]} {launch[0].fn.__name__} (lane reduce {lane_reduce}, prefetch {prefetch}): "
+                    print(f"FAIL {case[0]} {launch[0].fn.__name__} ({switches or 'default paths'}): "
                           f"{root_cause(err)!r}"[:800], flush=True)
     print(f"triton {triton.__version__}, sm_{args.arch}: {len(compiled)} distinct kernels from {len(cases)} cases, "
           f"{len(failures)} failed, {time.monotonic() - start:.0f} s")

@@ -129,8 +129,9 @@ def reverse_cases(cpu):
             ("fp32 k=3 L=199 ragged, no reset (state crosses images)", 7, 8, 8, 199, 3, None, torch.float32, {})]
 
 
-def lane_reduce_off_cases(cpu):
-    """The backward's per-value shuffle-tree path (SF_MAMBA_SCAN_LANE_REDUCE=0), kept as the fallback."""
+def flipped_path_cases(cpu):
+    """Cases for the non-default paths (:data:`FLIPPED`): the backward's per-value shuffle tree and the
+    forward's prefetch."""
     if cpu:
         return [("fp32 D=32 shuffle-tree dB/dC", 2, 32, 4, 6, 2, 6, torch.float32, {})]
     return [("bf16 model layout L=198 D=160 k=4, shuffle tree", 8, 160, 8, 198, 4, 198, torch.bfloat16,
@@ -156,10 +157,16 @@ def scan_env(**values):
                 os.environ[name] = value
 
 
-def check_cases_fallbacks_off(cases, device, label):
-    """The cases on the non-default paths: the dB/dC shuffle tree and the prefetching forward."""
-    with scan_env(LANE_REDUCE_ENV="0", PREFETCH_ENV="1"):
-        return check_cases(cases, device, label)
+# The path switches flipped from their defaults: the dB/dC shuffle tree and the prefetching forward.
+FLIPPED = {"LANE_REDUCE_ENV": "0", "PREFETCH_ENV": "1"}
+FLIPPED_LABEL = "shuffle tree + prefetch vs reference"
+
+
+def case_groups(cpu):
+    """(label, cases, path switches) of the correctness cases, serial or in worker processes."""
+    return [("triton vs reference", scan_cases(cpu), {}),
+            ("backward vs reference", reverse_cases(cpu), {}),
+            (FLIPPED_LABEL, flipped_path_cases(cpu), FLIPPED)]
 
 
 def check_cases(cases, device, label):
@@ -345,23 +352,19 @@ def run_model(device, deadline, log, rounds=3, repeats=10):
     return list(rows.values())
 
 
-def _case_worker_labelled(job):
+def _case_worker(job):
     """One correctness case in a worker process (GPU mode): triton compiles in parallel."""
-    label, case, lane_reduce = job
-    # the shuffle-tree jobs also run the prefetching forward: every non-default path gets checked
-    with scan_env(LANE_REDUCE_ENV=lane_reduce, PREFETCH_ENV="1" if lane_reduce == "0" else "0"):
-        rows = check_cases([case], torch.device("cuda", 0), "")
-    for row in rows:
-        row["check"] = label
-    return rows
+    label, case, switches = job
+    with scan_env(**switches):
+        return check_cases([case], torch.device("cuda", 0), label)
 
 
 def _warm_worker(job):
     """Compile a timing configuration (a tiny call with the same specialisation) into triton's disk cache."""
-    dtype_name, length, channels, lane_reduce = job
+    dtype_name, length, channels, switches = job
     inputs = make_scan_inputs(2, channels, 8, length, dtype=DTYPES[dtype_name], has_z=False, device="cuda",
                               layout="model")
-    with scan_env(LANE_REDUCE_ENV=lane_reduce, PREFETCH_ENV="1" if lane_reduce == "0" else "0"):  # both forwards
+    with scan_env(**switches):
         for mode in ("fwd", "fwdbwd"):
             bench.scan_call(inputs, fold=1, reset_every=length, backend="triton", mode=mode)()
     torch.cuda.synchronize()
@@ -478,29 +481,25 @@ def main(argv=None):
 
     if not args.cpu and args.jobs > 1:  # compile in parallel: serially the ~60 kernels take ~3 min
         def parallel_checks():
-            jobs = ([("triton vs reference", case, "1") for case in scan_cases(False)]
-                    + [("backward vs reference", case, "1") for case in reverse_cases(False)]
-                    + [("shuffle tree + prefetch vs reference", case, "0")
-                       for case in lane_reduce_off_cases(False)])
-            labelled = [(f"{label}: {case[0]}", case, lane) for label, case, lane in jobs]
-            rows = run_parallel(labelled, _case_worker_labelled, args.jobs, log)
+            jobs = [(label, case, switches) for label, cases, switches in case_groups(False) for case in cases]
+            rows = run_parallel(jobs, _case_worker, args.jobs, log)
             if all("error" in row for row in rows):  # the pool itself broke (not the kernels): run them here
                 log("parallel checks all errored; running them serially")
                 rows = []
-                for job in labelled:
-                    rows += _case_worker_labelled(job)
-            warm = [(d, L, ch, lane) for d in args.dtypes.split(",") for L in ints(args.seq_lens)
-                    for ch in (160, 320) for lane in ("1", "0")]
+                for job in jobs:
+                    rows += _case_worker(job)
+            warm = [(d, L, ch, switches) for d in args.dtypes.split(",") for L in ints(args.seq_lens)
+                    for ch in (160, 320) for switches in ({}, FLIPPED)]
             run_parallel(warm, _warm_worker, args.jobs, log)
             return rows
 
         checks = [("scan / backward / shuffle-tree vs reference (parallel)", parallel_checks)]
     else:
-        checks = [("scan vs reference", lambda: check_cases(scan_cases(args.cpu), device, "triton vs reference")),
-                  ("backward reverse scan", lambda: check_cases(reverse_cases(args.cpu), device,
-                                                                "backward vs reference")),
-                  ("shuffle-tree dB/dC", lambda: check_cases_fallbacks_off(lane_reduce_off_cases(args.cpu), device,
-                                                                          "shuffle tree + prefetch vs reference"))]
+        def serial_checks(label, cases, switches):
+            with scan_env(**switches):
+                return check_cases(cases, device, label)
+
+        checks = [(group[0], lambda group=group: serial_checks(*group)) for group in case_groups(args.cpu)]
     checks += [("fold invariance", lambda: check_fold_invariance(device, args.cpu)),
               ("strided / non-finite", lambda: check_strided_and_nonfinite(device, args.cpu)),
               ("backend / mamba_ssm", lambda: check_backend_and_mamba(device)),

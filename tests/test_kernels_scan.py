@@ -306,3 +306,15 @@ def test_prefetch_is_opt_in_until_a_gpu_times_it(monkeypatch):
     assert not triton_scan.prefetch_enabled()
     monkeypatch.setenv(triton_scan.PREFETCH_ENV, "1")
     assert triton_scan.prefetch_enabled()
+
+
+@pytest.mark.parametrize("prefetch", ["1", "0"])
+def test_model_layout_forward_matches_reference(prefetch, monkeypatch):
+    """The model's time-major views take the FLAT offsets (one pointer per chunk, token-indexed), with
+    and without the prefetch: 3 rows of 10 in one fold group, resets mid-chunk, a ragged tail."""
+    monkeypatch.setenv(triton_scan.PREFETCH_ENV, prefetch)
+    inputs = make_scan_inputs(3, 4, 8, 10, seed=12, layout="model")
+    assert triton_scan._flat_rows([inputs["u"], inputs["delta"], inputs["z"]], [inputs["B"], inputs["C"]])
+    ref = reference_grads(3, 10, inputs)
+    got = run_with_grads(triton_fn(3, 10), inputs)
+    assert_matches_mamba_tolerances(ref, got, torch.float32, inputs)

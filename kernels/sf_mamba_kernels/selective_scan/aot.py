@@ -28,17 +28,11 @@ Uses private triton APIs (``JITFunction.run`` interception, ``create_function_fr
 (kernel source, signature, constexprs, pointer attributes, options, arch, triton version) under
 ``$SF_MAMBA_AOT_CACHE`` (default ``~/.cache/sf_mamba/aot``).
 
-Cost (``--jobs 2``, measured on the 2-core dev machine with other helpers' jobs running, load
-average 2-3.5, triton 3.8): the 288 rows (2 archs x 144 configs) need 60 distinct compiles; the
-parent captures each config once (~40 ms: the host wrapper on batch-256 CPU tensors), keys it for
-both archs, and hands each new key to a worker at once, so the workers compile while it captures;
-the rows are then read from the cache without capturing again. One compile is ~2.5-3.5 s of CPU in
-a warm worker, mostly triton's TTGIR (1.1-2.3 s) and LLVM IR (0.5-0.9 s) passes (the target enters
-at TTGIR: only the ~0.3 s front end could be shared between sm_80 and sm_90), then ``cuobjdump -sass`` (~0.45 s) and
-ptxas (0.2-0.4 s, run once: the ``-v`` figures are read from triton's own ptxas log). Cold (empty
-triton and AOT caches): 1 min 46 s wall, 183 s of CPU (the previous worker list of 72 jobs, which
-reached the same 60 compiles through the cache, a second ptxas run and a second capture pass:
-1 min 47 s, 188 s in the same conditions); warm: 3.9 s (was 8 s: a warm run now starts no workers).
+Cost: the 288 rows (2 archs x 144 configs) need 60 distinct compiles. The parent captures each
+config once, keys it for both archs and hands each new key to a worker at once, so the workers
+compile while it captures; rows are then read from the cache. A compile is ~2.5-3.5 s of CPU,
+mostly triton's TTGIR and LLVM IR passes; ptxas runs once (its ``-v`` log is triton's own).
+Measured times are in docs/kernels.md ("Tests of the kernel").
 """
 
 from __future__ import annotations

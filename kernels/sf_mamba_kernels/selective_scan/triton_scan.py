@@ -161,15 +161,6 @@ def _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: 
 
 
 @triton.jit
-def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr):
-    """B or C for the chunk as an [N, CHUNK] fp32 tile (``base``: the [N, 1] state pointers)."""
-    ptrs = base + _time_offsets(row, pos, length, s_b, s_l, kk)[None, :]
-    if MASKED:
-        return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0).to(tl.float32)
-    return tl.load(ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _fwd_ptrs(base, tok, row, pos, length, s_b, s_l, kk, FLAT: tl.constexpr, FAST: tl.constexpr):
     """[CHUNK, BLOCK_D] pointers of a (batch, channels, L) tensor (base: [1, BLOCK_D])."""
     if FLAT:  # the chunk's pointer, then the step offsets (opaque: LLVM would re-fold them per step)
@@ -188,17 +179,6 @@ def _to_f32_here(x, FAST: tl.constexpr):
         return tl.inline_asm_elementwise("cvt.f32.f16 $0, $1;", "=r,h", [x], dtype=tl.float32, is_pure=False,
                                          pack=1)
     return x.to(tl.float32)
-
-
-@triton.jit
-def _load_fwd_bc(base, tok, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr,
-                 FLAT: tl.constexpr, FAST: tl.constexpr, EVEN_N: tl.constexpr):
-    ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT, FAST)[None, :]
-    if EVEN_N and not MASKED:  # n_state == N: no predicate, no zeroing of the masked lanes
-        return _to_f32_here(tl.load(ptrs), FAST)
-    if MASKED:
-        return _to_f32_here(tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0), FAST)
-    return _to_f32_here(tl.load(ptrs, mask=mask_n[:, None], other=0.0), FAST)
 
 
 @triton.jit
@@ -247,12 +227,20 @@ def _ld_raw(ptrs, mask, USE_MASK: tl.constexpr):
 @triton.jit
 def _bc_raw(base, tok, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr,
             FLAT: tl.constexpr, FAST: tl.constexpr, EVEN_N: tl.constexpr):
+    """B or C for the chunk as an [N, CHUNK] tile in its storage dtype (``base``: the [N, 1] state pointers)."""
     ptrs = base + _fwd_offsets(tok, row, pos, length, s_b, s_l, kk, FLAT, FAST)[None, :]
     if EVEN_N and not MASKED:  # n_state == N: no predicate, no zeroing of the masked lanes
         return tl.load(ptrs)
     if MASKED:
         return tl.load(ptrs, mask=mask_n[:, None] & valid_t[None, :], other=0.0)
     return tl.load(ptrs, mask=mask_n[:, None], other=0.0)
+
+
+@triton.jit
+def _load_bc_tile(base, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED: tl.constexpr):
+    """The backward's B or C tile, fp32 (row-end tests, state masks: no forward specialisation)."""
+    return _bc_raw(base, 0, row, pos, length, s_b, s_l, kk, mask_n, valid_t, MASKED, False, False,
+                   False).to(tl.float32)
 
 
 @triton.jit
@@ -269,8 +257,6 @@ def _fwd_load(j0, tok, row, pos, total, length, mask_d, mask_n, u_base, dt_base,
     USE_MASK: tl.constexpr = MASKED or not EVEN_D
     # B/C first: triton's layout propagation lets the *later* loads (u, delta: one channel per lane)
     # win conflicts, so the state stays one-channel-per-thread and only the B/C tiles move
-    Bc = mask_n
-    Cc = mask_n
     if not B_FIXED:
         Bc = _bc_raw(B_base, tok, row, pos, length, sB_b, sB_l, kk, mask_n, valid_t, MASKED, FLAT, FAST, EVEN_N)
     if not C_FIXED:
@@ -363,8 +349,6 @@ def _fwd_compute(h, Bc, Cc, u, dt, zt, j0, tok, row, pos, dist, total, length, m
         y = y * zt * _sigmoid(zt)
     _st(_fwd_ptrs(out_base, tok, row, pos, length, so_b, so_l, kk, FLAT, FAST), y, m2, USE_MASK)
     return h
-
-
 
 
 @triton.jit
@@ -850,9 +834,11 @@ def interpreting() -> bool:
 
 
 LANE_REDUCE_ENV = "SF_MAMBA_SCAN_LANE_REDUCE"
-
-
 PREFETCH_ENV = "SF_MAMBA_SCAN_PREFETCH"
+
+
+def _env_flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default) not in ("0", "")
 
 
 def prefetch_enabled() -> bool:
@@ -861,13 +847,13 @@ def prefetch_enabled() -> bool:
     Off by default until a GPU has timed it: the H200 measured the forward at 0.30 of the floor
     (latency-bound, which this targets), but the prefetch costs 3 % more loop instructions (9.1
     SASS/element instead of 8.8) and nobody has measured what it buys. ``device_check`` times it."""
-    return os.environ.get(PREFETCH_ENV, "0") not in ("0", "")
+    return _env_flag(PREFETCH_ENV, "0")
 
 
 def lane_reduce_enabled() -> bool:
     """The backward's dB/dC lane reduce-scatter (default on; ``SF_MAMBA_SCAN_LANE_REDUCE=0`` selects the
     per-value shuffle tree, e.g. to compare the two on a GPU)."""
-    return os.environ.get(LANE_REDUCE_ENV, "1") not in ("0", "")
+    return _env_flag(LANE_REDUCE_ENV, "1")
 
 
 def _prev_pow2(n: int) -> int:
